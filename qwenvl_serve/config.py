@@ -33,6 +33,10 @@ Quantization = Literal[
 ]
 
 
+def _default_media_limits() -> dict[MediaKind, int]:
+    return {"image": 4, "video": 0}
+
+
 class StrictModel(BaseModel):
     """Base for config sections: unknown keys are errors, values are validated on set."""
 
@@ -44,7 +48,7 @@ class EngineConfig(StrictModel):
 
     dtype: Dtype = Field(
         "auto",
-        description="Weight and activation dtype. `auto` takes the checkpoint's (bf16 for Qwen3-VL).",
+        description="Weights and activations dtype; `auto` keeps the checkpoint's (bf16).",
     )
     quantization: Quantization | None = Field(
         None,
@@ -72,7 +76,7 @@ class EngineConfig(StrictModel):
         description="GPUs to shard the model across (vLLM tensor parallelism).",
     )
     limit_mm_per_prompt: dict[MediaKind, NonNegativeInt] = Field(
-        default_factory=lambda: {"image": 4, "video": 0},
+        default_factory=_default_media_limits,
         description=(
             "Most media items of each kind per request; 0 turns a kind off and frees "
             "the memory vLLM would reserve for it."

@@ -78,7 +78,9 @@ def apply_override(tree: dict[str, Any], path: Sequence[str], value: Any) -> dic
 def expand_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a nested value."""
     if isinstance(value, dict):
-        return {k: expand_env(v, environ, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {
+            k: expand_env(v, environ, f"{where}.{k}" if where else str(k)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [expand_env(v, environ, f"{where}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, str):

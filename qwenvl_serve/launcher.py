@@ -7,6 +7,7 @@ reap the whole process tree, and (b) end a failed start with one line that says 
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import os
 import re
@@ -68,23 +69,34 @@ def check_model_reachable(model: str) -> None:
         raise LaunchError(f"model path {model} does not exist")
 
 
-_EXCEPTION_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
-_GENERIC_WRAPPERS = ("Engine core initialization failed",)
+# vLLM prefixes its log lines with the process and logger: strip both before matching.
+_LOG_PREFIX = re.compile(
+    r"^(?:\(\w+ pid=\d+\)\s*)?"
+    r"(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) [\d-]+ [\d:]+ \[[^\]]*\]\s*)?"
+)
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+# pydantic (vLLM's config classes) puts the real message on a "Value error, ..." line.
+_VALUE_ERROR_LINE = re.compile(r"^Value error, (.+?)(?: \[type=.*)?$")
+_GENERIC_WRAPPERS = ("Engine core initialization failed", "validation error for")
 
 
 def failure_reason(lines: Iterable[str]) -> str:
     """The most telling error in a failed vLLM start's output, as one line.
 
     vLLM often ends with a generic wrapper ("Engine core initialization failed.
-    See root cause above"), so the last specific exception line wins over it.
+    See root cause above"), so the last specific error wins over such wrappers.
     """
-    exceptions = []
+    specific: list[str] = []
+    generic: list[str] = []
     for raw in lines:
-        match = _EXCEPTION_LINE.match(raw.strip())
-        if match:
-            exceptions.append(f"{match.group(1)}: {match.group(2).strip()}")
-    specific = [e for e in exceptions if not any(w in e for w in _GENERIC_WRAPPERS)]
-    chosen = specific or exceptions
+        line = _LOG_PREFIX.sub("", raw.strip())
+        if match := _VALUE_ERROR_LINE.match(line):
+            specific.append(match.group(1).split(". ")[0].strip())
+        elif match := _EXCEPTION_LINE.match(line):
+            found = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2).strip()}"
+            is_wrapper = any(wrapper in found for wrapper in _GENERIC_WRAPPERS)
+            (generic if is_wrapper else specific).append(found)
+    chosen = specific or generic
     if chosen:
         return chosen[-1][:500]
     return "no error message; see the output above"
@@ -125,7 +137,7 @@ def run_server(
         errors="replace",
         bufsize=1,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PR_SET_PDEATHSIG
+        preexec_fn=_die_with_parent,
     )
     stopping = _forward_stop_signals(child)
     tail = _pump_output(child, out)
@@ -164,7 +176,5 @@ def _forward_stop_signals(child: subprocess.Popen[str]) -> list[int]:
 
 def _reap_group(pgid: int) -> None:
     """Kill whatever vLLM left in its process group (engine cores, workers)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -19,7 +19,9 @@ _EXACT_ROUTES = {
     "/health": HEALTH,
     "/metrics": METRICS,
 }
-_GENERATE_CONTENT = re.compile(r"^/(v1|v1beta)/models/[^/]+:(generateContent|streamGenerateContent)$")
+_GENERATE_CONTENT = re.compile(
+    r"^/(v1|v1beta)/models/[^/]+:(generateContent|streamGenerateContent)$"
+)
 
 
 def route_name(path: str) -> str:

@@ -87,8 +87,7 @@ def build_tiny_model(out_dir: Path) -> Path:
         )
     except ImportError as exc:
         raise TinyModelError(
-            "building the tiny model needs torch and transformers: "
-            "pip install 'qwenvl-serve[tiny]'"
+            "building the tiny model needs torch and transformers: pip install 'qwenvl-serve[tiny]'"
         ) from exc
 
     out_dir = out_dir.resolve()
@@ -102,14 +101,16 @@ def build_tiny_model(out_dir: Path) -> Path:
         vision_config=dict(VISION_CONFIG),
         tie_word_embeddings=True,
     )
-    model = Qwen3VLForConditionalGeneration(config).to(torch.bfloat16)
+    # transformers' model and processor constructors are untyped.
+    model: Any = Qwen3VLForConditionalGeneration(config)  # type: ignore[no-untyped-call]
+    model = model.to(torch.bfloat16)
     model.save_pretrained(staging)
 
     chat_template = _chat_template()
     tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir()))
     tokenizer.chat_template = chat_template
     size = {"shortest_edge": IMAGE_MIN_PIXELS, "longest_edge": IMAGE_MAX_PIXELS}
-    processor = Qwen3VLProcessor(
+    processor = Qwen3VLProcessor(  # type: ignore[no-untyped-call]
         image_processor=Qwen2VLImageProcessor(
             patch_size=16,
             merge_size=2,

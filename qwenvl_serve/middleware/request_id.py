@@ -40,7 +40,9 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response_headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
+                response_headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != HEADER
+                ]
                 message = {**message, "headers": [*response_headers, (HEADER, encoded)]}
             await send(message)
 
