@@ -1,4 +1,9 @@
-"""The ``qwenvl-serve`` command line."""
+"""The ``qwenvl-serve`` command line.
+
+Each subcommand lives next to the feature it belongs to and registers itself through a
+``register(commands)`` function listed in :data:`SUBCOMMANDS`; this module only builds
+the parser and turns :class:`~qwenvl_serve.errors.UserError` into a message and status.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,19 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from qwenvl_serve import __version__
 from qwenvl_serve.config import InstanceConfig
-from qwenvl_serve.config_loading import ConfigError, load_config
+from qwenvl_serve.config_loading import load_config
+from qwenvl_serve.errors import UserError
 
-EXIT_USAGE = 2
-
+Subcommands = Any  # argparse's _SubParsersAction, which typeshed marks private
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE``, shared by instance commands."""
     parser.add_argument(
         "--config", required=True, type=Path, metavar="FILE", help="instance config (YAML)"
     )
@@ -31,7 +38,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace) -> InstanceConfig:
+def load_from_args(args: argparse.Namespace) -> InstanceConfig:
+    """The validated config named by ``--config`` and ``--set``."""
     return load_config(args.config, args.overrides, os.environ)
 
 
@@ -40,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from qwenvl_serve.launch_plan import build_launch_plan
     from qwenvl_serve.launcher import run_server
 
-    config = _load(args)
+    config = load_from_args(args)
     return run_server(config, build_launch_plan(config))
 
 
@@ -48,7 +56,7 @@ def cmd_args(args: argparse.Namespace) -> int:
     """Print the vLLM command line and environment that `serve` would run."""
     from qwenvl_serve.launch_plan import build_launch_plan, render_plan
 
-    print(render_plan(build_launch_plan(_load(args)), sys.executable))
+    print(render_plan(build_launch_plan(load_from_args(args)), sys.executable))
     return 0
 
 
@@ -81,20 +89,14 @@ TINY_MODEL_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="qwenvl-serve", description="Serve Qwen3-VL models through vLLM from one YAML config."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register_core(commands: Subcommands) -> None:
+    """serve, args, make-tiny-model and config-reference."""
     serve = commands.add_parser("serve", help="run the server in the foreground")
-    _add_config_options(serve)
+    add_config_options(serve)
     serve.set_defaults(handler=cmd_serve)
 
     show = commands.add_parser("args", help="print the vLLM command line and environment")
-    _add_config_options(show)
+    add_config_options(show)
     show.set_defaults(handler=cmd_args)
 
     tiny = commands.add_parser("make-tiny-model", help=TINY_MODEL_HELP, description=TINY_MODEL_HELP)
@@ -111,24 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the reference between the markers in FILE (e.g. README.md) instead",
     )
     reference.set_defaults(handler=cmd_config_reference)
+
+
+# One entry per feature; each adds its subcommands with `commands.add_parser(...)` and
+# sets `handler` to a function (argparse.Namespace) -> exit status.
+SUBCOMMANDS: tuple[Callable[[Subcommands], None], ...] = (register_core,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="qwenvl-serve", description="Serve Qwen3-VL models through vLLM from one YAML config."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qwenvl-serve`` console script."""
-    from qwenvl_serve.launcher import LaunchError
-    from qwenvl_serve.tiny_model import TinyModelError
-
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
-        print(f"qwenvl-serve: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (LaunchError, TinyModelError) as exc:
-        print(f"qwenvl-serve: {exc}", file=sys.stderr)
-        return 1
+    except UserError as exc:
+        print(f"qwenvl-serve: {exc.user_message()}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import Field, NonNegativeInt
+
+from qwenvl_serve.access.config import AuthConfig, LimitsConfig, MeteringConfig, MetricsConfig
+from qwenvl_serve.config_base import StrictModel
+from qwenvl_serve.genai.config import GenerateContentConfig
+from qwenvl_serve.images.config import ImagesConfig
+from qwenvl_serve.playground.config import PlaygroundConfig
 
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 MediaKind = Literal["image", "video", "audio"]
@@ -35,12 +41,6 @@ Quantization = Literal[
 
 def _default_media_limits() -> dict[MediaKind, int]:
     return {"image": 4, "video": 0}
-
-
-class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on set."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
 
 class EngineConfig(StrictModel):
@@ -116,6 +116,19 @@ class EngineConfig(StrictModel):
     )
 
 
+class ShutdownConfig(StrictModel):
+    """What happens on SIGTERM."""
+
+    drain_seconds: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "On SIGTERM, stop taking new requests and give in-flight ones this long to "
+            "finish before exiting."
+        ),
+    )
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -142,6 +155,21 @@ class InstanceConfig(StrictModel):
     engine: EngineConfig = Field(
         default_factory=EngineConfig,  # type: ignore[arg-type]
         description="vLLM engine settings.",
+    )
+    images: ImagesConfig = Field(default_factory=ImagesConfig, description="Image handling.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Instance limits.")
+    metering: MeteringConfig = Field(default_factory=MeteringConfig, description="Usage.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics access.")
+    generate_content: GenerateContentConfig = Field(
+        default_factory=GenerateContentConfig, description="generateContent routes."
+    )
+    playground: PlaygroundConfig = Field(
+        default_factory=PlaygroundConfig, description="The web playground."
+    )
+    shutdown: ShutdownConfig = Field(
+        default_factory=ShutdownConfig,  # type: ignore[arg-type]
+        description="Graceful stop.",
     )
 
     @property

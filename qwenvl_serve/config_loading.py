@@ -16,12 +16,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.errors import UserError
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration is invalid; the message is meant for the user as is."""
+
+    exit_code = 2
+    prefix = "config error: "
 
 
 def parse_yaml_document(text: str, source: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import TextIO
 
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.errors import UserError
 from qwenvl_serve.launch_plan import LaunchPlan
 
 TAIL_LINES = 400
@@ -32,7 +33,7 @@ INSTALL_HINT = (
 )
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The server cannot start; the message is one line meant for the user."""
 
 

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from qwenvl_serve.errors import UserError
+
 # Shapes chosen for the CPU engine: vLLM's CPU attention needs head_dim 64 (16 is
 # rejected), and max_position_embeddings is large enough for 12 MP photos unresized.
 TEXT_CONFIG: dict[str, Any] = {
@@ -51,7 +53,7 @@ IMAGE_MAX_PIXELS = 16_777_216
 RANDOM_SEED = 0
 
 
-class TinyModelError(RuntimeError):
+class TinyModelError(UserError, RuntimeError):
     """The tiny checkpoint could not be built (missing optional dependencies)."""
 
 

@@ -29,10 +29,18 @@ def config_from_environment(environ: Mapping[str, str]) -> InstanceConfig:
     return InstanceConfig.model_validate_json(payload)
 
 
-def build_stack(app: ASGIApp, config: InstanceConfig, metrics: ServeMetrics) -> ASGIApp:
-    """Wrap ``app`` in our layers; the last one wrapped is the first a request meets."""
-    del config  # later layers (auth, limits, images) read their sections from it
-    app = RequestMetricsMiddleware(app, metrics)
+def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistry) -> ASGIApp:
+    """Wrap vLLM's ``app`` in our layers, innermost first.
+
+    A request meets them in the reverse order: request id -> request metrics -> route
+    allowlist -> playground -> auth -> limits -> metering -> generateContent adapter
+    -> image normalization -> vLLM. Each layer creates its own metrics in ``registry``.
+    """
+    # -- image normalization (innermost: sees OpenAI-shaped requests only)
+    # -- generateContent adapter
+    # -- metering, limits, auth, route allowlist
+    # -- playground
+    app = RequestMetricsMiddleware(app, ServeMetrics.create(config.public_model_name, registry))
     return RequestIdMiddleware(app)
 
 
@@ -46,8 +54,7 @@ class QwenVLServeMiddleware:
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         config = config if config is not None else config_from_environment(os.environ)
-        metrics = ServeMetrics.create(config.public_model_name, registry)
-        self.app = build_stack(app, config, metrics)
+        self.app = build_stack(app, config, registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)

@@ -1,0 +1,1 @@
+"""Access control, rate limits, token metering and request observability."""

@@ -1,0 +1,1 @@
+"""Multi-model deployment: nginx and systemd assets rendered from one deployment file."""

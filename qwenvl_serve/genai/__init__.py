@@ -1,0 +1,1 @@
+"""Google-style generateContent API, translated in-process to chat completions."""

@@ -1,0 +1,1 @@
+"""Image normalization: validate, fetch safely, decode, orient, resize, re-encode."""

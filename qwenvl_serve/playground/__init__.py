@@ -1,0 +1,1 @@
+"""The browser playground served at /playground."""
