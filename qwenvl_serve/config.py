@@ -9,7 +9,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeInt
+from pydantic import Field, NonNegativeInt, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from qwenvl_serve.access.config import AuthConfig, LimitsConfig, MeteringConfig, MetricsConfig
 from qwenvl_serve.config_base import StrictModel
@@ -157,7 +158,11 @@ class InstanceConfig(StrictModel):
         description="vLLM engine settings.",
     )
     images: ImagesConfig = Field(default_factory=ImagesConfig, description="Image handling.")
-    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig,
+        validate_default=True,  # an omitted `auth:` must still meet the loopback rule
+        description="API keys.",
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Instance limits.")
     metering: MeteringConfig = Field(default_factory=MeteringConfig, description="Usage.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics access.")
@@ -171,6 +176,19 @@ class InstanceConfig(StrictModel):
         default_factory=ShutdownConfig,  # type: ignore[arg-type]
         description="Graceful stop.",
     )
+
+    @field_validator("auth")
+    @classmethod
+    def _keys_required_off_loopback(cls, auth: AuthConfig, info: ValidationInfo) -> AuthConfig:
+        host = info.data.get("host")
+        if not auth.enabled and host is not None and not _is_loopback(host):
+            raise PydanticCustomError(
+                "auth_required",
+                "auth.keys is empty, which means no auth, but host {host} is not loopback: "
+                "add keys or bind 127.0.0.1",
+                {"host": host},
+            )
+        return auth
 
     @property
     def public_model_name(self) -> str:

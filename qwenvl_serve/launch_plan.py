@@ -6,6 +6,7 @@ Pure functions, no I/O: the golden tests pin their output for every shipped conf
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -14,6 +15,8 @@ from qwenvl_serve.config import InstanceConfig
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 MIDDLEWARE_CLASS = "qwenvl_serve.middleware.QwenVLServeMiddleware"
 CONFIG_ENV_VAR = "QWENVL_SERVE_CONFIG"
+# A host no URL can have (RFC 2606 reserves .invalid): vLLM then refuses every media URL.
+NO_MEDIA_DOMAIN = "invalid.invalid"
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,14 @@ def build_vllm_args(config: InstanceConfig) -> list[str]:
         "--gpu-memory-utilization", _number(engine.gpu_memory_utilization),
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
         "--limit-mm-per-prompt", json.dumps(engine.limit_mm_per_prompt, sort_keys=True),
+        # vLLM's processor bounds image pixels exactly as our image layer does.
+        "--mm-processor-kwargs", json.dumps(_image_processor_kwargs(config)),
+        # vLLM fetches no media itself: only the data: URLs our layer vetted reach it.
+        "--allowed-media-domains", NO_MEDIA_DOMAIN,
         "--middleware", MIDDLEWARE_CLASS,
+        # Our JSON access log replaces uvicorn's, which would print `?key=` secrets.
+        "--disable-uvicorn-access-log",
+        "--shutdown-timeout", str(drain_timeout_seconds(config.shutdown.drain_seconds)),
     ]  # fmt: skip
     optional: list[tuple[str, object | None]] = [
         ("--quantization", engine.quantization),
@@ -61,11 +71,25 @@ def build_vllm_args(config: InstanceConfig) -> list[str]:
     return args + list(engine.extra_args)
 
 
+def drain_timeout_seconds(drain_seconds: float) -> int:
+    """vLLM's whole-second ``--shutdown-timeout`` for a drain time, rounded up.
+
+    0 aborts in-flight requests on SIGTERM; more lets them finish for up to that long.
+    """
+    return math.ceil(drain_seconds)
+
+
+def _image_processor_kwargs(config: InstanceConfig) -> dict[str, object]:
+    """Qwen-VL processor kwargs scoped to images (video keeps its own budget)."""
+    return {"images_kwargs": {"max_pixels": config.images.max_pixels}}
+
+
 def build_vllm_env(config: InstanceConfig) -> dict[str, str]:
     """Environment added to vLLM's: the resolved config for our middleware, engine knobs."""
     env = {CONFIG_ENV_VAR: config.model_dump_json()}
     if config.engine.cpu_kvcache_space_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = _number(config.engine.cpu_kvcache_space_gib)
+    env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] = "0"  # in case vLLM is ever asked to fetch
     env.update(config.engine.env)
     return env
 

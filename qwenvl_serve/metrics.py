@@ -1,12 +1,21 @@
-"""Our Prometheus metrics, registered next to vLLM's so they appear in its /metrics."""
+"""Our Prometheus metrics, registered next to vLLM's so they appear in its /metrics.
+
+Labels are bounded and never hold raw keys, paths or user text: ``key`` is a key's
+configured name (or ``-``), ``route`` a route name from :mod:`qwenvl_serve.routes`,
+``model`` the served model name. Gauges declare how vLLM's multiprocess mode
+(``--api-server-count`` > 1, ``PROMETHEUS_MULTIPROC_DIR``) combines the processes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from qwenvl_serve import __version__
+
+# From a fast rejection to a long generation.
+DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
 @dataclass(frozen=True)
@@ -14,20 +23,53 @@ class ServeMetrics:
     """The metric objects of one server process. Created once, passed to the layers."""
 
     requests: Counter
+    duration: Histogram
+    tokens: Counter
+    rejections: Counter
+    in_flight: Gauge
 
     @classmethod
     def create(cls, served_model_name: str, registry: CollectorRegistry = REGISTRY) -> ServeMetrics:
         """Register our metrics in ``registry`` (vLLM's default registry in production)."""
-        build = Info(
-            "qwenvl_build",
+        # An Info metric is lost in multiprocess mode; a gauge fixed at 1 is not.
+        build = Gauge(
+            "qwenvl_build_info",
             "qwenvl-serve version and the model this instance serves.",
+            ["version", "served_model_name"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
-        build.info({"version": __version__, "served_model_name": served_model_name})
-        requests = Counter(
-            "qwenvl_requests",
-            "HTTP requests answered, by route and status code.",
-            ["route", "status"],
-            registry=registry,
+        build.labels(version=__version__, served_model_name=served_model_name).set(1)
+        return cls(
+            requests=Counter(
+                "qwenvl_requests",
+                "HTTP requests answered, by key name, route and status code.",
+                ["key", "route", "status"],
+                registry=registry,
+            ),
+            duration=Histogram(
+                "qwenvl_request_duration_seconds",
+                "Time from request to the end of the response, by route.",
+                ["route"],
+                buckets=DURATION_BUCKETS,
+                registry=registry,
+            ),
+            tokens=Counter(
+                "qwenvl_tokens",
+                "Tokens used, by key name, model and type (prompt or completion).",
+                ["key", "model", "type"],
+                registry=registry,
+            ),
+            rejections=Counter(
+                "qwenvl_rejections",
+                "Requests refused before reaching the model, by reason.",
+                ["reason"],
+                registry=registry,
+            ),
+            in_flight=Gauge(
+                "qwenvl_in_flight",
+                "Inference requests being served now (summed over server processes).",
+                registry=registry,
+                multiprocess_mode="livesum",
+            ),
         )
-        return cls(requests=requests)

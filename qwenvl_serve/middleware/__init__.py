@@ -12,11 +12,19 @@ from collections.abc import Mapping
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from qwenvl_serve.access.allowlist import RouteAllowlistMiddleware
+from qwenvl_serve.access.auth import AuthMiddleware
+from qwenvl_serve.access.limits import LimitsMiddleware
+from qwenvl_serve.access.metering import MeteringMiddleware
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.genai.middleware import GenerateContentMiddleware
+from qwenvl_serve.images.middleware import ImageNormalizationMiddleware
 from qwenvl_serve.launch_plan import CONFIG_ENV_VAR
 from qwenvl_serve.metrics import ServeMetrics
-from qwenvl_serve.middleware.observe import RequestMetricsMiddleware
+from qwenvl_serve.middleware.drain import DrainMiddleware
+from qwenvl_serve.middleware.observe import ObserveMiddleware
 from qwenvl_serve.middleware.request_id import RequestIdMiddleware
+from qwenvl_serve.playground.middleware import PlaygroundMiddleware
 
 
 def config_from_environment(environ: Mapping[str, str]) -> InstanceConfig:
@@ -32,15 +40,21 @@ def config_from_environment(environ: Mapping[str, str]) -> InstanceConfig:
 def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistry) -> ASGIApp:
     """Wrap vLLM's ``app`` in our layers, innermost first.
 
-    A request meets them in the reverse order: request id -> request metrics -> route
-    allowlist -> playground -> auth -> limits -> metering -> generateContent adapter
-    -> image normalization -> vLLM. Each layer creates its own metrics in ``registry``.
+    A request meets them in the reverse order: request id -> drain (stop signal) ->
+    observe (request metrics, access log) -> playground (answers /playground only) ->
+    route allowlist -> auth -> limits -> metering -> generateContent adapter -> image
+    normalization -> vLLM. Each layer creates its own metrics in ``registry``.
     """
-    # -- image normalization (innermost: sees OpenAI-shaped requests only)
-    # -- generateContent adapter
-    # -- metering, limits, auth, route allowlist
-    # -- playground
-    app = RequestMetricsMiddleware(app, ServeMetrics.create(config.public_model_name, registry))
+    app = ImageNormalizationMiddleware(app, config, registry)  # innermost: OpenAI-shaped only
+    app = GenerateContentMiddleware(app, config.generate_content, config.public_model_name)
+    metrics = ServeMetrics.create(config.public_model_name, registry)
+    app = MeteringMiddleware(app, config.public_model_name, config.metering, metrics)
+    app = LimitsMiddleware(app, config.auth, config.limits, metrics)
+    app = AuthMiddleware(app, config.auth, config.metrics, metrics)
+    app = RouteAllowlistMiddleware(app, metrics)
+    app = PlaygroundMiddleware(app, config.playground)
+    app = ObserveMiddleware(app, metrics)
+    app = DrainMiddleware(app)  # after a stop signal: 503 for new requests, in-flight finish
     return RequestIdMiddleware(app)
 
 

@@ -1,29 +1,79 @@
-"""Count every answered request by route and status."""
+"""Count, time and log every request: the outermost of the access layers' views.
+
+Inner layers leave what they learned (key name, usage, why refused) in the request's
+:class:`~qwenvl_serve.access.notes.RequestNotes`; this layer reads them once the
+response is done, so each request is counted and logged exactly once.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qwenvl_serve.access.logs import access_log_line, access_logger
+from qwenvl_serve.access.notes import RequestNotes, final_status, notes_for, request_id_of
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.routes import route_name
 
+LogLine = Callable[[str], None]
 
-class RequestMetricsMiddleware:
-    """Increments ``qwenvl_requests_total{route,status}`` once per HTTP response."""
 
-    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+class ObserveMiddleware:
+    """``qwenvl_requests_total{key,route,status}``, ``qwenvl_request_duration_seconds{route}``
+    and one JSON access-log line per HTTP request."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServeMetrics,
+        log_line: LogLine | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.log_line = log_line if log_line is not None else access_logger().info
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = route_name(scope["path"])
+        started = self.clock()
+        notes = notes_for(scope)
+        status: int | None = None
 
-        async def send_and_count(message: Message) -> None:
+        async def send_observed(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                self.metrics.requests.labels(route=route, status=str(message["status"])).inc()
+                status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, send_and_count)
+        failed = True
+        try:
+            await self.app(scope, receive, send_observed)
+            failed = False
+        finally:
+            self._record(scope, notes, final_status(status, failed), self.clock() - started)
+
+    def _record(self, scope: Scope, notes: RequestNotes, status: int, elapsed: float) -> None:
+        route = route_name(scope["path"])
+        self.metrics.requests.labels(key=notes.key_name, route=route, status=str(status)).inc()
+        self.metrics.duration.labels(route=route).observe(elapsed)
+        usage = notes.usage
+        self.log_line(
+            access_log_line(
+                at=datetime.now(UTC),
+                request_id=request_id_of(scope),
+                key_name=notes.key_name,
+                method=scope["method"],
+                route=route,
+                status=status,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                duration_s=elapsed,
+                rejection=notes.rejection,
+            )
+        )

@@ -82,7 +82,7 @@ def test_models_lists_the_served_name(client):
 def test_metrics_expose_ours_and_vllms(tiny_server: RunningServer, client):
     client.models.list()
     text = httpx.get(f"{tiny_server.base_url}/metrics", timeout=10).text
-    assert 'qwenvl_requests_total{route="models",status="200"}' in text
+    assert 'qwenvl_requests_total{key="-",route="models",status="200"}' in text
     assert "qwenvl_build_info{" in text
     assert "vllm:prompt_tokens_total" in text
 
@@ -96,11 +96,11 @@ def test_every_response_carries_a_request_id(tiny_server: RunningServer):
     assert kept.headers.get_list("x-request-id") == ["trace-42"]
 
 
-def test_unnormalized_12mp_photo_exceeds_the_context(client):
-    """The baseline the image layer beats: vLLM alone refuses a 4000x3000 photo."""
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(
-            model=MODEL, messages=image_message(synthetic_jpeg(4000, 3000, seed=3)), max_tokens=8
-        )
-    assert caught.value.status_code == 400
-    assert "context length" in str(caught.value.message)
+def test_12mp_photo_is_normalized_to_fit_the_context(client):
+    """Bare vLLM refuses a 4000x3000 photo (11,764 prompt tokens > 4,096; the baseline is
+    measured in benchmarks/images); the image layer resizes it to 2048x1536 first."""
+    response = client.chat.completions.create(
+        model=MODEL, messages=image_message(synthetic_jpeg(4000, 3000, seed=3)), max_tokens=8
+    )
+    assert response.usage is not None
+    assert response.usage.prompt_tokens == 3086  # 64x48 image pads, 2 markers, 12 text tokens

@@ -65,9 +65,9 @@ async def test_requests_are_counted_by_route_and_status_never_by_raw_path():
         await client.get("/missing")
         await client.post("/v1/models/tiny:generateContent")
     exposition = generate_latest(registry).decode()
-    assert 'qwenvl_requests_total{route="models",status="200"} 1.0' in exposition
-    assert 'qwenvl_requests_total{route="other",status="404"} 1.0' in exposition
-    assert 'qwenvl_requests_total{route="generate_content",status="200"} 1.0' in exposition
+    assert 'qwenvl_requests_total{key="-",route="models",status="200"} 1.0' in exposition
+    assert 'qwenvl_requests_total{key="-",route="other",status="404"} 1.0' in exposition
+    assert 'qwenvl_requests_total{key="-",route="generate_content",status="' in exposition
     assert "/missing" not in exposition
     assert 'served_model_name="tiny"' in exposition
 

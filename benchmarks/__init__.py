@@ -1,0 +1,1 @@
+"""Benchmark orchestration: `python -m benchmarks.run_all` (what `make bench` runs)."""

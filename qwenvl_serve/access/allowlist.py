@@ -1,0 +1,36 @@
+"""Serve only the routes on the allowlist; everything else is 404 before anything runs."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qwenvl_serve.access.notes import notes_for
+from qwenvl_serve.api_errors import ApiError, send_error
+from qwenvl_serve.metrics import ServeMetrics
+from qwenvl_serve.routes import is_allowed
+
+NOT_FOUND = ApiError(404, "Not found.", code="not_found")
+REASON = "route"
+
+
+class RouteAllowlistMiddleware:
+    """404 in the route's API format for every path not in :mod:`qwenvl_serve.routes`.
+
+    WebSocket connections are refused outright: no allowed route is one.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.rejections = metrics.rejections.labels(reason=REASON)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            self.rejections.inc()
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http" or is_allowed(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        self.rejections.inc()
+        notes_for(scope).rejection = REASON
+        await send_error(scope, send, NOT_FOUND)

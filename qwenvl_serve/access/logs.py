@@ -1,0 +1,67 @@
+"""Server log lines: one JSON access-log line per request, and plain warnings.
+
+Both go to stdout, which the launcher streams with vLLM's own output. Access lines
+hold ids, names and numbers only: never keys, prompts, image data or raw paths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+ACCESS_LOGGER = "qwenvl_serve.access_log"
+SERVER_LOGGER = "qwenvl_serve.server"
+
+
+def access_log_line(
+    *,
+    at: datetime,
+    request_id: str,
+    key_name: str,
+    method: str,
+    route: str,
+    status: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    duration_s: float,
+    rejection: str | None,
+) -> str:
+    """One access-log line as JSON."""
+    entry = {
+        "time": at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "type": "access",
+        "request_id": request_id,
+        "key": key_name,
+        "method": method[:16],
+        "route": route,
+        "status": status,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "duration_s": round(duration_s, 4),
+        "rejection": rejection,
+    }
+    return json.dumps(entry, ensure_ascii=True)
+
+
+def _stdout_logger(name: str, line_format: str) -> logging.Logger:
+    """A logger that writes to stdout on its own (vLLM's and uvicorn's leave ours alone)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(line_format))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def access_logger() -> logging.Logger:
+    """The logger of access lines: each record is one JSON line as is."""
+    return _stdout_logger(ACCESS_LOGGER, "%(message)s")
+
+
+def server_logger() -> logging.Logger:
+    """The logger of qwenvl-serve's own warnings, formatted like vLLM's lines."""
+    return _stdout_logger(SERVER_LOGGER, "%(levelname)s %(asctime)s [qwenvl-serve] %(message)s")

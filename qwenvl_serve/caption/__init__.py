@@ -1,0 +1,1 @@
+"""``qwenvl-serve caption``: caption many images through the OpenAI-compatible API."""

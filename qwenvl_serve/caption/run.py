@@ -1,0 +1,131 @@
+"""One caption run: find the images, skip the finished ones, caption the rest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from qwenvl_serve.caption.batches import Batch, plan_batches
+from qwenvl_serve.caption.command import API_KEY_VARIABLES
+from qwenvl_serve.caption.discovery import discover_images
+from qwenvl_serve.caption.output import open_output
+from qwenvl_serve.caption.progress import ProgressBar
+from qwenvl_serve.caption.prompts import Language, Style, style_prompt
+from qwenvl_serve.caption.retry import RetryPolicy
+from qwenvl_serve.caption.runner import (
+    Calling,
+    CaptionRequest,
+    RowSink,
+    caption_all,
+    resolve_model,
+)
+from qwenvl_serve.caption.summary import Tally
+
+
+def api_key_from(given: str | None, environ: Mapping[str, str]) -> str | None:
+    """``--api-key``, else the first of the key variables that is set."""
+    if given:
+        return given
+    return next((environ[name] for name in API_KEY_VARIABLES if environ.get(name)), None)
+
+
+def prompt_chooser(prompt: str | None, style: Style, language: Language) -> Callable[[int], str]:
+    """The prompt for a request of N images: the user's own, else the style's wording."""
+    if prompt is not None:
+        return lambda _count: prompt
+    return lambda count: style_prompt(style, language, count)
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """Everything the caption command was asked to do, typed."""
+
+    paths: Sequence[Path]
+    recursive: bool
+    prompt_for: Callable[[int], str]
+    base_url: str
+    api_key: str | None
+    model: str | None
+    max_tokens: int
+    temperature: float | None
+    concurrency: int
+    out: Path | None
+    group_size: int | None  # None: one image per request
+    timeout: float
+    retries: int
+    progress: bool
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+    ) -> CaptionOptions:
+        """The options parsed by :func:`~qwenvl_serve.caption.command.add_caption_arguments`."""
+        return cls(
+            paths=args.paths,
+            recursive=args.recursive,
+            prompt_for=prompt_chooser(args.prompt, args.style, args.lang),
+            base_url=args.base_url,
+            api_key=api_key_from(args.api_key, environ),
+            model=args.model,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            concurrency=args.concurrency,
+            out=args.out,
+            group_size=args.group_size if args.group else None,
+            timeout=args.timeout,
+            retries=args.retries,
+            progress=not args.quiet,
+        )
+
+
+def http_client(options: CaptionOptions) -> httpx.AsyncClient:
+    """The HTTP client for one run, pointed at the API base URL."""
+    headers = {"authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+    return httpx.AsyncClient(
+        base_url=options.base_url.rstrip("/") + "/",
+        headers=headers,
+        timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 10.0)),
+        limits=httpx.Limits(max_connections=options.concurrency),
+    )
+
+
+async def run_caption(options: CaptionOptions, started: float) -> tuple[Tally, float]:
+    """Caption what ``options`` name; returns the tally and the seconds since ``started``."""
+    batches = plan_batches(discover_images(options.paths, options.recursive), options.group_size)
+    with open_output(options.out) as output:
+        todo = [batch for batch in batches if batch.key not in output.done]
+        total = sum(len(batch.images) for batch in batches)
+        todo_images = sum(len(batch.images) for batch in todo)
+        tally = Tally(skipped=total - todo_images)
+        if todo:
+            tally = await _caption(options, todo, todo_images, output.writer, tally)
+    return tally, time.monotonic() - started
+
+
+async def _caption(
+    options: CaptionOptions,
+    todo: Sequence[Batch],
+    todo_images: int,
+    sink: RowSink,
+    start: Tally,
+) -> Tally:
+    retry = RetryPolicy(max_attempts=options.retries + 1)
+    async with http_client(options) as client:
+        calling = Calling(client=client, retry=retry)
+        with ProgressBar(todo_images, enabled=options.progress) as progress:
+            model = await resolve_model(calling, progress.note, options.model)
+            request = CaptionRequest(
+                model=model,
+                max_tokens=options.max_tokens,
+                temperature=options.temperature,
+                prompt_for=options.prompt_for,
+            )
+            return await caption_all(
+                calling, request, todo, options.concurrency, sink, progress, start
+            )

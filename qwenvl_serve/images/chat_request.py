@@ -1,0 +1,178 @@
+"""Find and check the media in a chat-completions request body. Pure: no I/O.
+
+The walk mirrors how vLLM reads content parts (by ``type``, or by key when ``type``
+is missing), so every part vLLM would treat as an image is seen here first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from qwenvl_serve.images.rejections import Reason, RefusalError
+
+# Request fields that change media processing or the prompt template (and so could
+# raise the server's limits or desynchronise vision tokens).
+OVERRIDE_FIELDS = (
+    "mm_processor_kwargs",
+    "media_io_kwargs",
+    "chat_template",
+    "chat_template_kwargs",
+)
+# Qwen's vision special tokens: text carrying them would make the placeholder count
+# disagree with the images, which crashes requests inside the engine.
+VISION_TOKENS = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+_IMAGE_TYPES = frozenset({"image_url", "input_image"})
+_VIDEO_TYPES = frozenset({"video_url"})
+_AUDIO_TYPES = frozenset({"audio_url", "input_audio"})
+_EMBEDDING_TYPES = frozenset(
+    {"image_embeds", "audio_embeds", "video_embeds", "prompt_embeds", "image_pil"}
+)
+_MEDIA_KEYS = ("image_url", "video_url", "audio_url", "input_audio", *sorted(_EMBEDDING_TYPES))
+
+
+@dataclass(frozen=True)
+class RequestRules:
+    """What a request may contain, worked out once from the config."""
+
+    max_images: int
+    allowed_fields: frozenset[str]
+    video_enabled: bool
+    audio_enabled: bool
+    remote_urls: bool
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    """One image part: where it is (for errors and rewriting) and its URL."""
+
+    message_index: int
+    part_index: int
+    url: str
+
+    @property
+    def param(self) -> str:
+        return f"messages[{self.message_index}].content[{self.part_index}]"
+
+
+def find_images(body: dict[str, Any], rules: RequestRules) -> list[ImageSlot]:
+    """Every image part of ``body`` in request order, after the request-level checks
+    (refused fields, reserved tokens, disabled media kinds, image count)."""
+    for name in OVERRIDE_FIELDS:
+        if body.get(name) is not None and name not in rules.allowed_fields:
+            raise RefusalError(Reason.FIELD_NOT_ALLOWED, name)
+    token_at = _vision_token_location(body)
+    if token_at is not None:
+        raise RefusalError(Reason.VISION_TOKEN, token_at)
+    slots: list[ImageSlot] = []
+    for message_index, part_index, part in _parts(body.get("messages")):
+        param = f"messages[{message_index}].content[{part_index}]"
+        kind = _media_kind(part)
+        if kind is None:
+            continue
+        if "uuid" in part:
+            raise RefusalError(Reason.MEDIA_UUID_REFUSED, param)
+        if kind == "embeddings":
+            raise RefusalError(Reason.EMBEDDINGS_REFUSED, param)
+        if kind == "video" and not rules.video_enabled:
+            raise RefusalError(Reason.VIDEO_DISABLED, param)
+        if kind == "audio" and not rules.audio_enabled:
+            raise RefusalError(Reason.AUDIO_DISABLED, param)
+        if kind == "image":
+            slots.append(ImageSlot(message_index, part_index, _image_url(part, param)))
+    if len(slots) > rules.max_images:
+        raise RefusalError(Reason.TOO_MANY_IMAGES, slots[rules.max_images].param)
+    for slot in slots:
+        if not slot.url.startswith("data:") and not rules.remote_urls:
+            raise RefusalError(Reason.REMOTE_URLS_DISABLED, slot.param)
+    return slots
+
+
+def replace_image_urls(body: dict[str, Any], slots: list[ImageSlot], urls: list[str]) -> None:
+    """Put ``urls`` in place of the slots' image URLs, in the shape vLLM reads."""
+    messages = body["messages"]
+    for slot, url in zip(slots, urls, strict=True):
+        part = messages[slot.message_index]["content"][slot.part_index]
+        if part.get("type") == "input_image":
+            part["image_url"] = url
+        else:
+            part["image_url"] = {"url": url}
+
+
+def _parts(messages: object) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(message index, part index, part) of every dict content part; shapes vLLM
+    would refuse anyway are left for it to refuse."""
+    if not isinstance(messages, list):
+        return
+    for message_index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part_index, part in enumerate(content):
+            if isinstance(part, dict):
+                yield message_index, part_index, part
+
+
+def _media_kind(part: dict[str, Any]) -> str | None:
+    part_type = part.get("type")
+    kind = _kind_of(part_type) if isinstance(part_type, str) else None
+    if kind is None and (part_type is None or "uuid" in part):
+        # vLLM reads untyped parts (and parts with a uuid) by their keys.
+        kind = next((_kind_of(key) for key in _MEDIA_KEYS if key in part), None)
+    return kind
+
+
+def _kind_of(name: str) -> str | None:
+    if name in _IMAGE_TYPES:
+        return "image"
+    if name in _VIDEO_TYPES:
+        return "video"
+    if name in _AUDIO_TYPES:
+        return "audio"
+    if name in _EMBEDDING_TYPES:
+        return "embeddings"
+    return None
+
+
+def _image_url(part: dict[str, Any], param: str) -> str:
+    value = part.get("image_url")
+    if isinstance(value, dict):
+        value = value.get("url")
+    if not isinstance(value, str) or not value:
+        raise RefusalError(Reason.BAD_IMAGE_PART, param)
+    return value
+
+
+def _vision_token_location(body: dict[str, Any]) -> str | None:
+    """Where a vision token appears: ``messages[i]`` or a top-level field name."""
+    for key, value in body.items():
+        if key == "messages" and isinstance(value, list):
+            for index, message in enumerate(value):
+                if _contains_vision_token(message):
+                    return f"messages[{index}]"
+        elif _contains_vision_token(key) or _contains_vision_token(value):
+            return key
+    return None
+
+
+def _contains_vision_token(value: object) -> bool:
+    """True if any string (or key) anywhere in ``value`` holds a vision token."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "<|" in item and any(token in item for token in VISION_TOKENS):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

@@ -1,0 +1,60 @@
+"""``data:`` image URLs: parsing and base64 checks that need no decoding."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from qwenvl_serve.images.rejections import Reason, RefusalError
+
+JPEG_DATA_URL_PREFIX = "data:image/jpeg;base64,"
+
+
+@dataclass(frozen=True)
+class DataUrl:
+    """A base64 ``data:`` URL; ``media_type`` is what the client declared (not trusted)."""
+
+    media_type: str
+    payload: str
+
+
+def parse_data_url(url: str) -> DataUrl:
+    """Split ``data:<type>;base64,<payload>``; anything else is refused."""
+    header, comma, payload = url.partition(",")
+    if not comma or not header.startswith("data:"):
+        raise RefusalError(Reason.BAD_IMAGE_URL)
+    media_type, _, encoding = header[len("data:") :].rpartition(";")
+    if encoding.lower() != "base64":
+        raise RefusalError(Reason.MALFORMED_BASE64)
+    return DataUrl(media_type=media_type, payload=payload)
+
+
+def max_payload_length(max_bytes: int) -> int:
+    """The longest base64 text that can decode to at most ``max_bytes`` bytes."""
+    return 4 * -(-max_bytes // 3)
+
+
+def check_payload_length(payload: str, max_bytes: int) -> None:
+    """Refuse an oversized or impossible payload from its length alone."""
+    if len(payload) > max_payload_length(max_bytes):
+        raise RefusalError(Reason.IMAGE_TOO_LARGE)
+    if not payload or len(payload) % 4:
+        raise RefusalError(Reason.MALFORMED_BASE64)
+
+
+def decode_payload(payload: str, max_bytes: int) -> bytes:
+    """Strict base64 (standard alphabet, padded, no whitespace) to at most ``max_bytes``."""
+    check_payload_length(payload, max_bytes)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):  # bad alphabet, bad padding or non-ASCII text
+        raise RefusalError(Reason.MALFORMED_BASE64) from None
+    if len(data) > max_bytes:
+        raise RefusalError(Reason.IMAGE_TOO_LARGE)
+    return data
+
+
+def jpeg_data_url(data: bytes) -> str:
+    """The ``data:`` URL the engine receives for JPEG bytes."""
+    return JPEG_DATA_URL_PREFIX + base64.b64encode(data).decode("ascii")

@@ -1,0 +1,243 @@
+"""The image normalization layer: the innermost of our middleware, just before vLLM.
+
+For ``POST /v1/chat/completions`` it buffers the body (capped), refuses what must not
+reach the engine, fetches remote images itself, normalizes every image in a bounded
+thread pool (the images of one request in parallel), rewrites the body with the
+normalized ``data:`` URLs and tells the client the sizes in
+``x-qwenvl-normalized-images``. Everything else passes through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyvips
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from qwenvl_serve.api_errors import send_error
+from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.images.asgi_body import read_body, replaying, with_body_length
+from qwenvl_serve.images.chat_request import (
+    ImageSlot,
+    RequestRules,
+    find_images,
+    replace_image_urls,
+)
+from qwenvl_serve.images.config import ImagesConfig
+from qwenvl_serve.images.data_url import (
+    JPEG_DATA_URL_PREFIX,
+    check_payload_length,
+    decode_payload,
+    jpeg_data_url,
+    parse_data_url,
+)
+from qwenvl_serve.images.fetch import FetchPolicy, RemoteImageFetcher, Resolver, system_resolver
+from qwenvl_serve.images.metrics import ImageMetrics
+from qwenvl_serve.images.normalize import NormalizedImage, Outcome, normalize_image
+from qwenvl_serve.images.rejections import Reason, RefusalError
+from qwenvl_serve.routes import CHAT_COMPLETIONS, route_name
+
+NORMALIZED_SIZES_HEADER = b"x-qwenvl-normalized-images"
+# Bodies above this size are parsed and serialized in the pool, not on the event loop.
+_LARGE_BODY = 256 * 1024
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image ready for the engine: the URL to send (None: keep the client's)."""
+
+    url: str | None
+    image: NormalizedImage
+
+
+def rules_from_config(config: InstanceConfig) -> RequestRules:
+    """What a chat request may contain under ``config``."""
+    engine_limits = config.engine.limit_mm_per_prompt
+    max_images = config.images.max_per_request
+    if "image" in engine_limits:
+        max_images = min(max_images, engine_limits["image"])
+    return RequestRules(
+        max_images=max_images,
+        allowed_fields=frozenset(config.images.allowed_request_fields),
+        # Absent from the engine limits means vLLM's default, which allows video;
+        # Qwen3-VL has no audio input, so audio needs an explicit limit.
+        video_enabled=engine_limits.get("video", 1) > 0,
+        audio_enabled=engine_limits.get("audio", 0) > 0,
+        remote_urls=config.images.remote_urls,
+    )
+
+
+def prepare_data_url(url: str, config: ImagesConfig) -> PreparedImage:
+    """Decode and normalize a ``data:`` URL image (CPU work: runs in the pool)."""
+    data = decode_payload(parse_data_url(url).payload, config.max_bytes)
+    image = normalize_image(data, config)
+    keep = image.outcome is Outcome.PASSTHROUGH and url.startswith(JPEG_DATA_URL_PREFIX)
+    return PreparedImage(None if keep else jpeg_data_url(image.data), image)
+
+
+def prepare_bytes(data: bytes, config: ImagesConfig) -> PreparedImage:
+    """Normalize downloaded bytes (CPU work: runs in the pool)."""
+    image = normalize_image(data, config)
+    return PreparedImage(jpeg_data_url(image.data), image)
+
+
+class ImageNormalizationMiddleware:
+    """Checks and normalizes the images of chat-completions requests before vLLM."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: InstanceConfig,
+        registry: CollectorRegistry,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self.app = app
+        self.config = config.images
+        self.rules = rules_from_config(config)
+        self.metrics = ImageMetrics.create(registry)
+        self.fetcher = RemoteImageFetcher(FetchPolicy.from_config(config.images), resolver)
+        self.pool = ThreadPoolExecutor(
+            max_workers=config.images.worker_threads, thread_name_prefix="qwenvl-images"
+        )
+        # libvips would otherwise keep recent (untrusted) images in its operation cache.
+        pyvips.cache_set_max(0)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or route_name(scope["path"]) != CHAT_COMPLETIONS
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(scope, receive, self.config.max_request_bytes)
+            if body is None:
+                return  # the client left before sending its request
+            body, sizes = await self._normalize_request(body)
+        except RefusalError as rejected:
+            self.metrics.refusals.labels(reason=rejected.reason.code).inc()
+            await send_error(scope, send, rejected.api_error())
+            return
+        await self.app(
+            with_body_length(scope, len(body)), replaying(body, receive), _with_sizes(send, sizes)
+        )
+
+    async def _normalize_request(self, body: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+        """The body the engine gets and the size of each of its images."""
+        document, slots = await self._run(len(body) > _LARGE_BODY, _parse_request, body, self.rules)
+        if not slots:
+            return body, []
+        for slot in slots:  # every cheap check before any fetch or decode
+            self._check_syntax(slot)
+        outcomes = await asyncio.gather(
+            *(self._prepare(slot) for slot in slots), return_exceptions=True
+        )
+        prepared: list[PreparedImage] = []
+        for slot, outcome in zip(slots, outcomes, strict=True):
+            if isinstance(outcome, RefusalError):
+                raise outcome.at(slot.param)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            prepared.append(outcome)
+        sizes = [(p.image.width, p.image.height) for p in prepared]
+        if all(p.url is None for p in prepared):
+            return body, sizes  # every image passes unchanged: forward the client's bytes
+        urls = [p.url or slot.url for p, slot in zip(prepared, slots, strict=True)]
+        replace_image_urls(document, slots, urls)
+        return await self._run(len(body) > _LARGE_BODY, _serialize, document), sizes
+
+    def _check_syntax(self, slot: ImageSlot) -> None:
+        try:
+            if slot.url.startswith("data:"):
+                check_payload_length(parse_data_url(slot.url).payload, self.config.max_bytes)
+            elif slot.url.lower().startswith(("http://", "https://")):
+                self.fetcher.check_syntax(slot.url)
+            else:
+                raise RefusalError(Reason.BAD_IMAGE_URL)
+        except RefusalError as rejected:
+            self.metrics.images.labels(outcome="rejected").inc()
+            raise rejected.at(slot.param) from None
+
+    async def _prepare(self, slot: ImageSlot) -> PreparedImage:
+        try:
+            if slot.url.startswith("data:"):
+                prepared = await self._run(True, self._timed, prepare_data_url, slot.url)
+            else:
+                data = await self._fetch(slot.url)
+                prepared = await self._run(True, self._timed, prepare_bytes, data)
+        except RefusalError:
+            self.metrics.images.labels(outcome="rejected").inc()
+            raise
+        self._count(prepared.image)
+        return prepared
+
+    async def _fetch(self, url: str) -> bytes:
+        try:
+            data = await self.fetcher.fetch(url)
+        except RefusalError as rejected:
+            self.metrics.fetches.labels(outcome=rejected.reason.code).inc()
+            raise
+        self.metrics.fetches.labels(outcome="ok").inc()
+        return data
+
+    def _timed(
+        self, prepare: Callable[[_T, ImagesConfig], PreparedImage], source: _T
+    ) -> PreparedImage:
+        started = time.perf_counter()
+        try:
+            return prepare(source, self.config)
+        finally:
+            self.metrics.normalize_seconds.observe(time.perf_counter() - started)
+
+    def _count(self, image: NormalizedImage) -> None:
+        self.metrics.images.labels(outcome=image.outcome.value).inc()
+        self.metrics.bytes_in.inc(image.input_bytes)
+        self.metrics.bytes_out.inc(len(image.data))
+        self.metrics.pixels_in.inc(image.input_pixels)
+        self.metrics.pixels_out.inc(image.width * image.height)
+
+    async def _run(self, in_pool: bool, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)``, in the layer's thread pool when ``in_pool``."""
+        if not in_pool:
+            return function(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(function, *args))
+
+
+def _parse_request(body: bytes, rules: RequestRules) -> tuple[dict[str, Any], list[ImageSlot]]:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or absurdly nested
+        raise RefusalError(Reason.INVALID_JSON) from None
+    if not isinstance(document, dict):
+        raise RefusalError(Reason.INVALID_JSON)
+    return document, find_images(document, rules)
+
+
+def _serialize(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _with_sizes(send: Send, sizes: list[tuple[int, int]]) -> Send:
+    """``send`` that adds the normalized image sizes to the response headers."""
+    if not sizes:
+        return send
+    value = ",".join(f"{width}x{height}" for width, height in sizes).encode()
+
+    async def send_with_sizes(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", []), (NORMALIZED_SIZES_HEADER, value)]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_sizes

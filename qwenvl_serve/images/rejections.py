@@ -1,0 +1,122 @@
+"""Why an image or a request is refused: one status, one fixed message per reason.
+
+Messages are written for people and never carry client bytes, decoder exception
+text or object reprs; the reason's value is the OpenAI ``code`` and the metric label.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from qwenvl_serve.api_errors import ApiError
+
+
+class Reason(enum.Enum):
+    """A refusal: ``(code, HTTP status, message)``."""
+
+    BODY_TOO_LARGE = (
+        "request_too_large",
+        413,
+        "The request body is larger than this server accepts.",
+    )
+    INVALID_JSON = ("invalid_json", 400, "The request body is not a valid JSON object.")
+    FIELD_NOT_ALLOWED = (
+        "field_not_allowed",
+        400,
+        "This field is not accepted by this server: it changes how media is processed.",
+    )
+    VISION_TOKEN = (
+        "reserved_token",
+        400,
+        "The text contains a reserved vision token such as <|image_pad|>; remove it.",
+    )
+    VIDEO_DISABLED = ("video_disabled", 400, "Video input is turned off on this server.")
+    AUDIO_DISABLED = ("audio_disabled", 400, "Audio input is not accepted by this server.")
+    EMBEDDINGS_REFUSED = (
+        "embeddings_not_allowed",
+        400,
+        "Precomputed embeddings are not accepted; send the image itself.",
+    )
+    MEDIA_UUID_REFUSED = (
+        "uuid_not_allowed",
+        400,
+        "Media parts may not carry a `uuid`; send the image itself.",
+    )
+    TOO_MANY_IMAGES = (
+        "too_many_images",
+        400,
+        "The request has more images than this server accepts in one request.",
+    )
+    BAD_IMAGE_PART = (
+        "invalid_image_part",
+        400,
+        "An image part needs `image_url` with a `url` string.",
+    )
+    BAD_IMAGE_URL = (
+        "invalid_image_url",
+        400,
+        "Image URLs must be base64 `data:` URLs or http(s) URLs.",
+    )
+    REMOTE_URLS_DISABLED = (
+        "remote_urls_disabled",
+        400,
+        "This server accepts images only as base64 `data:` URLs.",
+    )
+    MALFORMED_BASE64 = ("invalid_base64", 400, "The image data is not valid base64.")
+    IMAGE_TOO_LARGE = ("image_too_large", 413, "The image is larger than this server accepts.")
+    UNSUPPORTED_FORMAT = (
+        "unsupported_image_format",
+        415,
+        "The image format is not accepted by this server.",
+    )
+    UNDECODABLE = ("invalid_image", 422, "The image could not be decoded.")
+    TOO_MANY_PIXELS = (
+        "image_too_many_pixels",
+        422,
+        "The image has more pixels than this server accepts.",
+    )
+    EXTREME_ASPECT_RATIO = (
+        "image_aspect_ratio",
+        422,
+        "The image is too long and thin: its sides differ by more than 200 times.",
+    )
+    URL_ADDRESS_REFUSED = (
+        "image_url_refused",
+        400,
+        "The image URL points to an address this server does not fetch from.",
+    )
+    URL_DOMAIN_REFUSED = (
+        "image_url_domain_not_allowed",
+        400,
+        "The image URL's host is not on this server's list of allowed hosts.",
+    )
+    FETCH_TOO_MANY_REDIRECTS = (
+        "image_url_too_many_redirects",
+        422,
+        "The image URL redirected too many times.",
+    )
+    FETCH_TIMEOUT = ("image_url_timeout", 422, "The image URL did not answer in time.")
+    FETCH_FAILED = ("image_url_unreachable", 422, "The image URL could not be fetched.")
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        self.code = code
+        self.status = status
+        self.message = message
+
+
+class RefusalError(Exception):
+    """Raised by the image core and the fetcher; the layer turns it into an error response."""
+
+    def __init__(self, reason: Reason, param: str | None = None) -> None:
+        super().__init__(reason.code)
+        self.reason = reason
+        self.param = param
+
+    def at(self, param: str) -> RefusalError:
+        """The same refusal, located at ``param`` (e.g. ``messages[0].content[1]``)."""
+        return RefusalError(self.reason, param)
+
+    def api_error(self) -> ApiError:
+        """The client-facing error: fixed message, OpenAI ``code``, ``param``."""
+        reason = self.reason
+        return ApiError(reason.status, reason.message, param=self.param, code=reason.code)

@@ -1,0 +1,589 @@
+"""The access layers in the real stack, in front of a small stand-in for vLLM's app."""
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from qwenvl_serve.access.auth import AuthMiddleware
+from qwenvl_serve.access.limits import LimitsMiddleware
+from qwenvl_serve.access.metering import MeteringMiddleware
+from qwenvl_serve.config_loading import resolve_config
+from qwenvl_serve.metrics import ServeMetrics
+from qwenvl_serve.middleware import QwenVLServeMiddleware
+from qwenvl_serve.middleware.observe import ObserveMiddleware
+
+ALPHA = "alpha-key-0123456789abcdef"
+BETA = "beta-key-0123456789abcdef"
+SCRAPER = "scraper-token-0123456789"
+MODEL = "tiny"
+PROMPT_TEXT = "a secret prompt about a cat"
+
+
+def make_config(tmp_path=None, **sections):
+    tree: dict[str, Any] = {
+        "model": "m",
+        "served_model_name": MODEL,
+        "auth": {
+            "keys": [
+                {"name": "alpha", "key": ALPHA, "rpm": 3},
+                {"name": "beta", "key": "sha256:" + hashlib.sha256(BETA.encode()).hexdigest()},
+            ]
+        },
+        **sections,
+    }
+    if tmp_path is not None:
+        tree["metering"] = {
+            "usage_log": str(tmp_path / "usage.jsonl"),
+            "prices": {"prompt_per_1k": 1.0, "completion_per_1k": 2.0},
+        }
+    return resolve_config(tree)
+
+
+class FakeVllm:
+    """Answers like vLLM's OpenAI server, and remembers what reached it."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while (message := await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body) if body else {}
+        self.seen.append((scope["path"], request))
+        if scope["path"] == "/v1/chat/completions":
+            await self.chat(request, send)
+        else:
+            await json_response(send, 200, {"path": scope["path"]})
+
+    async def chat(self, request: dict[str, Any], send: Send) -> None:
+        completion = request.get("max_tokens", 5)
+        usage = {"prompt_tokens": 11, "completion_tokens": completion}
+        if not request.get("stream"):
+            await json_response(send, 200, {"model": MODEL, "choices": [], "usage": usage})
+            return
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": {"content": "w"}}]}]
+        chunks *= completion
+        if (request.get("stream_options") or {}).get("include_usage"):
+            chunks.append({"choices": [], "usage": usage})
+        for chunk in chunks:
+            data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+async def json_response(send: Send, status: int, document: object) -> None:
+    body = json.dumps(document).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def chat_body(**fields) -> dict[str, Any]:
+    content = [{"type": "text", "text": PROMPT_TEXT}]
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **fields}
+
+
+def sample(registry: CollectorRegistry, name: str, **labels) -> float:
+    text = generate_latest(registry).decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+@pytest.fixture
+def stack():
+    inner = FakeVllm()
+    registry = CollectorRegistry()
+    app = QwenVLServeMiddleware(inner, config=make_config(), registry=registry)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return client, inner, registry
+
+
+async def raw_call(app, path: str, method: str = "GET", headers=(), raw_path=None):
+    """Call an ASGI app with a path exactly as a server would pass it on."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": raw_path if raw_path is not None else path.encode("latin-1"),
+        "query_string": b"",
+        "headers": [(b"host", b"test"), *headers],
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 1234),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], dict(start["headers"]), body
+
+
+@pytest.mark.anyio
+async def test_missing_wrong_and_malformed_keys_get_the_same_401(stack):
+    client, inner, registry = stack
+    attempts = [
+        {},
+        bearer("wrong-key-0123456789abcdef"),
+        bearer(ALPHA[:-1]),
+        {"Authorization": f"Basic {ALPHA}"},
+        {"Authorization": "Bearer"},
+        {"x-goog-api-key": "nope"},
+    ]
+    async with client:
+        responses = [
+            await client.post("/v1/chat/completions", json=chat_body(), headers=h) for h in attempts
+        ]
+        query = await client.post(f"/v1/chat/completions?key={ALPHA}", json=chat_body())
+    for response in [*responses, query]:  # ?key= is for generateContent routes only
+        assert response.status_code == 401
+        assert response.content == responses[0].content
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert responses[0].json()["error"]["type"] == "authentication_error"
+    assert inner.seen == []
+    assert sample(registry, "qwenvl_rejections_total", reason="auth") == 7
+    assert sample(registry, "qwenvl_requests_total", key="-", status="401") == 7
+
+
+@pytest.mark.anyio
+async def test_right_keys_in_a_header_pass_and_name_the_key(stack):
+    client, inner, registry = stack
+    async with client:
+        by_bearer = await client.get("/v1/models", headers=bearer(BETA))
+        by_goog = await client.get("/v1/models", headers={"x-goog-api-key": ALPHA})
+    assert by_bearer.status_code == by_goog.status_code == 200
+    assert [path for path, _ in inner.seen] == ["/v1/models", "/v1/models"]
+    exposition = generate_latest(registry).decode()
+    assert 'qwenvl_requests_total{key="beta",route="models",status="200"} 1.0' in exposition
+    assert 'qwenvl_requests_total{key="alpha",route="models",status="200"} 1.0' in exposition
+    assert ALPHA not in exposition
+    assert BETA not in exposition
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tokenize",
+        "/detokenize",
+        "/invocations",
+        "/pause",
+        "/collective_rpc",
+        "/docs",
+        "//tokenize",
+        "/v1/chat/completions/../../tokenize",
+        "/v1/chat/completions/",
+    ],
+)
+async def test_unlisted_paths_are_404_in_openai_format_with_or_without_a_key(path):
+    inner = FakeVllm()
+    registry = CollectorRegistry()
+    app = QwenVLServeMiddleware(inner, config=make_config(), registry=registry)
+    for headers in ((), ((b"authorization", f"Bearer {BETA}".encode()),)):
+        status, response_headers, body = await raw_call(app, path, "POST", headers)
+        assert status == 404
+        assert response_headers[b"content-type"] == b"application/json"
+        assert json.loads(body)["error"]["type"] == "not_found_error"
+    assert inner.seen == []
+    assert sample(registry, "qwenvl_rejections_total", reason="route") == 2
+    assert path not in generate_latest(registry).decode()
+
+
+@pytest.mark.anyio
+async def test_the_path_is_the_decoded_scope_path_never_the_raw_one():
+    inner = FakeVllm()
+    app = QwenVLServeMiddleware(inner, config=make_config(), registry=CollectorRegistry())
+    status, _, _ = await raw_call(app, "/tokenize", raw_path=b"/%74okenize")
+    assert status == 404
+    status, _, _ = await raw_call(app, "/tokenize", raw_path=b"/v1/models")
+    assert status == 404
+    assert inner.seen == []
+
+
+@pytest.mark.anyio
+async def test_public_routes_need_no_key():
+    inner = FakeVllm()
+    registry = CollectorRegistry()
+    app, _ = layers(inner, make_config(), registry)  # the layers, without the playground's own
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/playground")).status_code == 200
+        assert (await client.get("/playground/app.js")).status_code == 200
+        assert (await client.get("/v1/models")).status_code == 401
+    assert [path for path, _ in inner.seen] == ["/health", "/playground", "/playground/app.js"]
+
+
+@pytest.mark.anyio
+async def test_cors_preflight_passes_without_a_key(stack):
+    client, inner, _ = stack
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    async with client:
+        passed = await client.options("/v1/chat/completions", headers=preflight)
+        plain_options = await client.options("/v1/chat/completions")
+    assert passed.status_code == 200
+    assert plain_options.status_code == 401
+    assert [path for path, _ in inner.seen] == ["/v1/chat/completions"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("metrics_section", "headers", "status"),
+    [
+        ({}, {}, 401),
+        ({}, bearer(BETA), 200),
+        ({"token": SCRAPER}, bearer(SCRAPER), 200),
+        ({"token": SCRAPER}, {}, 401),
+        ({"public": True}, {}, 200),
+    ],
+)
+async def test_metrics_access(metrics_section, headers, status):
+    app = QwenVLServeMiddleware(
+        FakeVllm(), config=make_config(metrics=metrics_section), registry=CollectorRegistry()
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/metrics", headers=headers)).status_code == status
+
+
+@pytest.mark.anyio
+async def test_the_metrics_token_opens_nothing_else():
+    app = QwenVLServeMiddleware(
+        FakeVllm(), config=make_config(metrics={"token": SCRAPER}), registry=CollectorRegistry()
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/v1/models", headers=bearer(SCRAPER))
+    assert response.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_without_keys_everything_is_open_and_a_warning_is_logged(caplog):
+    config = resolve_config({"model": "m", "served_model_name": MODEL})
+    registry = CollectorRegistry()
+    server_log = logging.getLogger("qwenvl_serve.server")  # writes to stdout, not to root
+    server_log.addHandler(caplog.handler)
+    try:
+        app = QwenVLServeMiddleware(FakeVllm(), config=config, registry=registry)
+    finally:
+        server_log.removeHandler(caplog.handler)
+    assert "auth.keys is empty" in caplog.text
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        unused_key = bearer("unused")
+        assert (await client.get("/v1/models", headers=unused_key)).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 200
+        assert (await client.get("/tokenize")).status_code == 404
+    assert sample(registry, "qwenvl_tokens_total", key="-", model=MODEL, type="prompt") == 11
+
+
+@pytest.mark.anyio
+async def test_rpm_429_with_retry_after_in_openai_format(stack):
+    client, inner, registry = stack
+    async with client:
+        statuses = [
+            (await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(ALPHA)))
+            for _ in range(4)
+        ]
+        other_key = await client.post(
+            "/v1/chat/completions", json=chat_body(), headers=bearer(BETA)
+        )
+        models = await client.get("/v1/models", headers=bearer(ALPHA))
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    refused = statuses[3]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert refused.json()["error"]["code"] == "rpm_exceeded"
+    assert other_key.status_code == 200  # limits are per key
+    assert models.status_code == 200  # only inference routes count
+    assert len(inner.seen) == 5
+    assert sample(registry, "qwenvl_rejections_total", reason="rpm") == 1
+    assert sample(registry, "qwenvl_requests_total", key="alpha", status="429") == 1
+
+
+@pytest.mark.anyio
+async def test_tokens_are_metered_from_json_and_streams(stack):
+    client, inner, registry = stack
+    async with client:
+        plain = await client.post(
+            "/v1/chat/completions", json=chat_body(max_tokens=4), headers=bearer(BETA)
+        )
+        asked = await client.post(
+            "/v1/chat/completions",
+            json=chat_body(max_tokens=3, stream=True, stream_options={"include_usage": True}),
+            headers=bearer(BETA),
+        )
+        not_asked = await client.post(
+            "/v1/chat/completions",
+            json=chat_body(max_tokens=2, stream=True),
+            headers=bearer(BETA),
+        )
+    assert plain.json()["usage"] == {"prompt_tokens": 11, "completion_tokens": 4}
+    asked_events = [line for line in asked.text.split("\n\n") if line]
+    assert json.loads(asked_events[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 3
+    # We asked vLLM for usage on the client's behalf and cut the chunk it did not ask for.
+    assert inner.seen[2][1]["stream_options"] == {"include_usage": True}
+    not_asked_events = [line for line in not_asked.text.split("\n\n") if line]
+    assert len(not_asked_events) == 3  # two content chunks and [DONE]
+    assert "usage" not in not_asked.text
+    prompt = sample(registry, "qwenvl_tokens_total", key="beta", model=MODEL, type="prompt")
+    completion = sample(registry, "qwenvl_tokens_total", key="beta", model=MODEL, type="completion")
+    assert (prompt, completion) == (33, 9)
+    assert sample(registry, "qwenvl_in_flight") == 0
+
+
+@pytest.mark.anyio
+async def test_usage_log_has_one_line_per_model_request_and_no_prompt(tmp_path):
+    inner = FakeVllm()
+    registry = CollectorRegistry()
+    app = QwenVLServeMiddleware(inner, config=make_config(tmp_path), registry=registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ids = []
+        for body in (chat_body(max_tokens=4), chat_body(max_tokens=2, stream=True)):
+            response = await client.post("/v1/chat/completions", json=body, headers=bearer(ALPHA))
+            ids.append(response.headers["x-request-id"])
+        await client.post("/v1/chat/completions", json=chat_body())  # 401: not usage
+        await client.get("/v1/models", headers=bearer(ALPHA))  # not a model request
+    await run_lifespan(app)  # shutdown closes the log: everything queued is written
+    text = (tmp_path / "usage.jsonl").read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [r["request_id"] for r in records] == ids
+    assert [(r["key"], r["model"], r["route"], r["status"]) for r in records] == [
+        ("alpha", MODEL, "chat_completions", 200)
+    ] * 2
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in records] == [(11, 4), (11, 2)]
+    assert records[0]["cost"] == pytest.approx((11 * 1.0 + 4 * 2.0) / 1000)
+    assert PROMPT_TEXT not in text
+    assert ALPHA not in text
+
+
+async def run_lifespan(app) -> None:
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent = []
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+@pytest.mark.anyio
+async def test_websockets_are_refused():
+    inner = FakeVllm()
+    app = QwenVLServeMiddleware(inner, config=make_config(), registry=CollectorRegistry())
+    sent = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "websocket", "path": "/v1/realtime", "headers": []}, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert inner.seen == []
+
+
+def layers(inner, config, registry, **clocks):
+    metrics = ServeMetrics.create(MODEL, registry)
+    app: ASGIApp = MeteringMiddleware(inner, MODEL, config.metering, metrics)
+    app = LimitsMiddleware(app, config.auth, config.limits, metrics, **clocks)
+    app = AuthMiddleware(app, config.auth, config.metrics, metrics)
+    lines: list[str] = []
+    return ObserveMiddleware(app, metrics, log_line=lines.append), lines
+
+
+@pytest.mark.anyio
+async def test_max_in_flight_answers_503_with_retry_after_at_once():
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/v1/chat/completions":
+            entered.set()
+            await release.wait()
+        await json_response(send, 200, {"usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    registry = CollectorRegistry()
+    app, _ = layers(slow_app, make_config(limits={"max_in_flight": 1}), registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        first = asyncio.create_task(
+            client.post("/v1/chat/completions", json=chat_body(), headers=bearer(BETA))
+        )
+        await entered.wait()
+        assert sample(registry, "qwenvl_in_flight") == 1
+        second = await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(BETA))
+        health = await client.get("/health")
+        release.set()
+        assert (await first).status_code == 200
+    assert second.status_code == 503
+    assert second.headers["retry-after"] == "1"
+    assert second.json()["error"]["type"] == "service_unavailable_error"
+    assert health.status_code == 200  # only model requests count against max_in_flight
+    assert sample(registry, "qwenvl_rejections_total", reason="max_in_flight") == 1
+    assert sample(registry, "qwenvl_in_flight") == 0
+
+
+@pytest.mark.anyio
+async def test_max_concurrent_and_tpm_per_key():
+    config = make_config()
+    config = config.model_copy(
+        update={
+            "auth": config.auth.model_copy(
+                update={
+                    "keys": [
+                        config.auth.keys[0].model_copy(
+                            update={"rpm": None, "max_concurrent": 1, "tpm": 40}
+                        )
+                    ]
+                }
+            )
+        }
+    )
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        entered.set()
+        await release.wait()
+        await json_response(send, 200, {"usage": {"prompt_tokens": 20, "completion_tokens": 5}})
+
+    registry = CollectorRegistry()
+    app, lines = layers(slow_app, config, registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        first = asyncio.create_task(
+            client.post("/v1/chat/completions", json=chat_body(max_tokens=5), headers=bearer(ALPHA))
+        )
+        await entered.wait()
+        concurrent = await client.post(
+            "/v1/chat/completions", json=chat_body(max_tokens=5), headers=bearer(ALPHA)
+        )
+        release.set()
+        assert (await first).status_code == 200
+        # 25 tokens used; another 20 would pass 40 within the minute.
+        too_many_tokens = await client.post(
+            "/v1/chat/completions", json=chat_body(max_tokens=20), headers=bearer(ALPHA)
+        )
+        fits = await client.post(
+            "/v1/chat/completions", json=chat_body(max_tokens=10), headers=bearer(ALPHA)
+        )
+    assert concurrent.status_code == 429
+    assert concurrent.json()["error"]["code"] == "max_concurrent_exceeded"
+    assert too_many_tokens.status_code == 429
+    assert too_many_tokens.json()["error"]["code"] == "tpm_exceeded"
+    assert 1 <= int(too_many_tokens.headers["retry-after"]) <= 60
+    assert fits.status_code == 200
+    logged = [json.loads(line) for line in lines]
+    assert [(e["status"], e["rejection"]) for e in logged] == [
+        (429, "max_concurrent"),
+        (200, None),
+        (429, "tpm"),
+        (200, None),
+    ]
+
+
+@pytest.mark.anyio
+async def test_access_log_lines_hold_names_and_numbers_only():
+    registry = CollectorRegistry()
+    app, lines = layers(FakeVllm(), make_config(), registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        await client.post(
+            "/v1/chat/completions", json=chat_body(max_tokens=3), headers=bearer(BETA)
+        )
+        await client.post("/v1/chat/completions", json=chat_body(), headers=bearer("wrong"))
+    first, second = (json.loads(line) for line in lines)
+    assert first["key"] == "beta"
+    assert (first["route"], first["status"], first["method"]) == ("chat_completions", 200, "POST")
+    assert (first["prompt_tokens"], first["completion_tokens"]) == (11, 3)
+    assert first["duration_s"] >= 0
+    assert (second["key"], second["status"], second["rejection"]) == ("-", 401, "auth")
+    joined = "\n".join(lines)
+    assert PROMPT_TEXT not in joined
+    assert BETA not in joined
+
+
+@pytest.mark.anyio
+async def test_generate_content_keys_usage_metadata_and_query_key_removal():
+    seen_queries = []
+
+    async def google_app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen_queries.append(scope["query_string"])
+        usage = {"promptTokenCount": 30, "candidatesTokenCount": 7}
+        if scope["path"].endswith(":streamGenerateContent"):
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            chunk = {"candidates": [], "usageMetadata": usage}
+            data = b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n"
+            await send({"type": "http.response.body", "body": data})
+            return
+        await json_response(send, 200, {"candidates": [], "usageMetadata": usage})
+
+    registry = CollectorRegistry()
+    app, _ = layers(google_app, make_config(), registry)
+    body = {"contents": [{"parts": [{"text": PROMPT_TEXT}]}]}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        by_query = await client.post(
+            f"/v1beta/models/{MODEL}:generateContent?key={BETA}", json=body
+        )
+        streamed = await client.post(
+            f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse&key={BETA}", json=body
+        )
+        refused = await client.post(f"/v1beta/models/{MODEL}:generateContent", json=body)
+    assert by_query.status_code == streamed.status_code == 200
+    assert "usageMetadata" in streamed.text  # Google streams keep their usage
+    assert seen_queries == [b"", b"alt=sse"]  # the key never reaches inner layers
+    assert refused.status_code == 401
+    assert refused.json() == {
+        "error": {
+            "code": 401,
+            "message": "Invalid or missing API key.",
+            "status": "UNAUTHENTICATED",
+        }
+    }
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 60
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 14
