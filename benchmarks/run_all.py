@@ -47,6 +47,7 @@ from benchmarks.servers import (
     wait_ready,
 )
 from qwenvl_serve.bench.command import add_bench_arguments, settings_from_args, write_outputs
+from qwenvl_serve.bench.compare import Comparison
 from qwenvl_serve.bench.driver import run_bench
 from qwenvl_serve.bench.goals import Goal, goals_table, replace_block
 from qwenvl_serve.bench.machine import read_machine
@@ -81,24 +82,17 @@ class Sizes:
 
     validity: int = 20
     validity_rounds: int = 4
-    overhead: int = 48
-    overhead_rounds: int = 6
+    one_at_a_time: int = 48  # requests per target at concurrency 1 (sections 1 and 3)
+    eight_at_a_time: int = 144  # and at concurrency 8
+    rounds: int = 6
     payoff: int = 6  # bare vLLM takes about 20 s per 12 MP photo on this CPU
     idle_probes: int = 40
-    scaling: int = 32
+    scaling: int = 48
     per_size: int = 4
 
 
-QUICK = Sizes(
-    validity_rounds=2,
-    validity=8,
-    overhead=8,
-    overhead_rounds=2,
-    payoff=2,
-    idle_probes=6,
-    scaling=8,
-    per_size=2,
-)
+QUICK = Sizes(validity=8, validity_rounds=2, one_at_a_time=8, eight_at_a_time=16, rounds=2,
+              payoff=2, idle_probes=6, scaling=8, per_size=2)  # fmt: skip
 
 
 @dataclass
@@ -181,7 +175,7 @@ def relative(path: Path, to: Path = BENCH_DIR) -> str:
 
 # Every vLLM CPU worker pins itself to core 0 and busy-polls for 1 s after its last step;
 # with several servers on one 2-core machine the next target's block waits for that.
-PAUSE = ["--pause-ms", "1500"]
+PAUSE = ["--pause-ms", "1200"]
 COMMON = ["--max-tokens", "32", "--ignore-eos", *PAUSE]
 
 
@@ -308,68 +302,97 @@ def vllm_bench(run: Run, n: int, seed: int, name: str) -> dict[str, Any]:
     return data
 
 
-LOAD = ["--image-size", "640x480", *COMMON, "--concurrency", "1,8", "--warmup", "4"]
+LOAD = ["--image-size", "640x480", *COMMON, "--warmup", "4"]
+
+
+def side_by_side(
+    run: Run, section: str, targets: dict[str, str]
+) -> tuple[BenchResult, BenchResult]:
+    """The same 640x480 load at concurrency 1 and 8, interleaved; the third target is the
+    first one again (A B A'), so that A' / A shows the noise floor of the comparison."""
+    sizes = run.sizes
+    rounds = ["--rounds", str(sizes.rounds)]
+    one = ["--concurrency", "1", "--requests", str(sizes.one_at_a_time), *rounds]
+    eight = ["--concurrency", "8", "--requests", str(sizes.eight_at_a_time), *rounds]
+    at_1 = bench(run, f"{section}-c1", targets, [*LOAD, *one])
+    at_8 = bench(run, f"{section}-c8", targets, [*LOAD, *eight])
+    return at_1, at_8
+
+
+def side_by_side_goals(
+    at_1: BenchResult, at_8: BenchResult, candidate: str, again: str, ttft_limit: float
+) -> tuple[list[Goal], list[Goal]]:
+    """Goals for ``candidate`` against the baseline, and the same numbers for the A/A pair."""
+
+    def comparison(result: BenchResult, name: str) -> Comparison:
+        return next(c for c in result.points[0].comparisons if c.candidate == name)
+
+    def numbers(name: str) -> list[Goal]:
+        base = at_1.baseline
+        one, eight = comparison(at_1, name), comparison(at_8, name)
+        return [
+            Goal(f"throughput {name} / {base} at concurrency 8", eight.request_throughput,
+                 0.97, at_most=False),
+            Goal(f"throughput {name} / {base} at concurrency 1", one.request_throughput,
+                 0.97, at_most=False),
+            Goal(f"TTFT p50 {name} - {base} at concurrency 1", one.ttft_p50_delta_ms,
+                 ttft_limit, True, " ms"),
+            Goal(f"TTFT p50 {name} - {base} at concurrency 8", eight.ttft_p50_delta_ms,
+                 ttft_limit, True, " ms"),
+        ]  # fmt: skip
+
+    return numbers(candidate), numbers(again)
+
+
+def side_by_side_block(
+    run: Run,
+    at_1: BenchResult,
+    at_8: BenchResult,
+    goals: list[Goal],
+    noise: list[Goal],
+    extra: Sequence[str] = (),
+) -> str:
+    noise_text = (
+        f"Noise floor: the same numbers for `{at_1.points[0].comparisons[-1].candidate}`, "
+        f"the baseline measured again as a third target in the same run:\n\n"
+    )
+    return "\n\n".join([
+        section_header(at_1),
+        f"```bash\n{at_8.command}\n```",
+        *extra,
+        goals_table(goals),
+        noise_text + goals_table(noise),
+        "**concurrency 1**\n\n" + point_markdown(at_1.points[0]),
+        "**concurrency 8**\n\n" + point_markdown(at_8.points[0]),
+    ])  # fmt: skip
 
 
 def overhead(run: Run) -> None:
     """Our server vs bare vLLM on images that already comply."""
-    options = [
-        *LOAD,
-        "--requests",
-        str(run.sizes.overhead),
-        "--rounds",
-        str(run.sizes.overhead_rounds),
-    ]
-    result = bench(run, "overhead", {"bare": "bare", "ours": "ours"}, options)
-    c1, c8 = result.points[0].comparisons[0], result.points[1].comparisons[0]
-    goals = [
-        Goal("throughput ours / bare at concurrency 8", c8.request_throughput, 0.97, at_most=False),
-        Goal("throughput ours / bare at concurrency 1", c1.request_throughput, 0.97, at_most=False),
-        Goal("TTFT p50 ours - bare at concurrency 1", c1.ttft_p50_delta_ms, 5.0, True, " ms"),
-        Goal("TTFT p50 ours - bare at concurrency 8", c8.ttft_p50_delta_ms, 5.0, True, " ms"),
-    ]
-    run.blocks["overhead"] = "\n\n".join(
-        [
-            section_header(result),
-            goals_table(goals),
-            points_markdown(result),
-            f"![latency CDF]({relative(run.out / 'overhead' / 'latency_cdf.png')})",
-        ]
+    at_1, at_8 = side_by_side(
+        run, "overhead", {"bare": "bare", "ours": "ours", "bare-again": "bare"}
     )
+    goals, noise = side_by_side_goals(at_1, at_8, "ours", "bare-again", ttft_limit=5.0)
+    run.blocks["overhead"] = side_by_side_block(run, at_1, at_8, goals, noise)
 
 
 def nginx(run: Run) -> None:
     """The same load through nginx and directly."""
-    options = [
-        *LOAD,
-        "--requests",
-        str(run.sizes.overhead),
-        "--rounds",
-        str(run.sizes.overhead_rounds),
-    ]
-    result = bench(run, "nginx", {"direct": "ours", "nginx": "nginx"}, options)
-    c1, c8 = result.points[0].comparisons[0], result.points[1].comparisons[0]
-    direct = summary(result, "direct", 1).events_mean
-    proxied = summary(result, "nginx", 1).events_mean
-    goals = [
-        Goal("throughput nginx / direct at concurrency 8", c8.request_throughput, 0.97, False),
-        Goal("throughput nginx / direct at concurrency 1", c1.request_throughput, 0.97, False),
-        Goal("stream events per request nginx / direct", c8.events_mean, 1.0, at_most=False),
-        Goal("TTFT p50 nginx - direct at concurrency 1", c1.ttft_p50_delta_ms, 2.0, True, " ms"),
-        Goal("TTFT p50 nginx - direct at concurrency 8", c8.ttft_p50_delta_ms, 2.0, True, " ms"),
-    ]
+    targets = {"direct": "ours", "nginx": "nginx", "direct-again": "ours"}
+    at_1, at_8 = side_by_side(run, "nginx", targets)
+    goals, noise = side_by_side_goals(at_1, at_8, "nginx", "direct-again", ttft_limit=2.0)
+    direct = summary(at_8, "direct").events_mean
+    proxied = summary(at_8, "nginx").events_mean
+    events = next(c for c in at_8.points[0].comparisons if c.candidate == "nginx").events_mean
+    goals.insert(2, Goal("stream events per request nginx / direct", events, 1.0, at_most=False))
     nginx_server = run.servers["nginx"]
-    run.blocks["nginx"] = "\n\n".join(
-        [
-            section_header(result),
-            f"nginx: the site `qwenvl-serve render` writes for a one-model deployment "
-            "(upstream = our server; rate limits 1000 r/s), run by "
-            f"`{nginx_server.shell_command()}`. "
-            f"Stream events per request: direct {direct}, nginx {proxied}.",
-            goals_table(goals),
-            points_markdown(result),
-        ]
+    description = (
+        "nginx: the site `qwenvl-serve render` writes for a one-model deployment "
+        "(upstream = our server; rate limits 1000 r/s), run by "
+        f"`{nginx_server.shell_command()}`. Stream events per request at concurrency 8: "
+        f"direct {direct}, nginx {proxied}."
     )
+    run.blocks["nginx"] = side_by_side_block(run, at_1, at_8, goals, noise, [description])
 
 
 def payoff(run: Run) -> None:
@@ -530,24 +553,10 @@ SCALING_SIZES = ("320x240", "640x480", "1280x960", "2048x1536", "4000x3000")
 
 def scaling(run: Run) -> None:
     """Latency and throughput vs concurrency, and vs image size."""
-    concurrency = bench(
-        run,
-        "scaling-concurrency",
-        {"bare": "bare", "ours": "ours"},
-        [
-            "--image-size",
-            "640x480",
-            *COMMON,
-            "--concurrency",
-            "1,2,4,8,16,32",
-            "--requests",
-            str(run.sizes.scaling),
-            "--rounds",
-            "2",
-            "--warmup",
-            "4",
-        ],
-    )
+    # Ours alone: sections 1 and 3 hold the side-by-side comparisons.
+    sweep = ["--concurrency", "1,2,4,8,16,32", "--requests", str(run.sizes.scaling)]
+    options = ["--image-size", "640x480", *COMMON, *sweep, "--rounds", "1", "--warmup", "4"]
+    concurrency = bench(run, "scaling-concurrency", {"ours": "ours"}, options)
     by_size: list[BenchResult] = []
     for size in SCALING_SIZES:
         if size == "4000x3000" and "payoff" in run.results:
@@ -622,7 +631,7 @@ def servers_needed(sections: Sequence[str]) -> set[str]:
         "overhead": {"bare", "ours"},
         "nginx": {"ours", "nginx"},
         "payoff": {"bare16k", "ours"},
-        "scaling": {"bare", "bare16k", "ours"},
+        "scaling": {"bare16k", "ours"},
     }
     return set().union(*(needed[section] for section in sections))
 

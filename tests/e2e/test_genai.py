@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -15,8 +13,8 @@ from google.genai import errors, types
 
 from qwenvl_serve.api_errors import GOOGLE_STATUS
 from qwenvl_serve.sample_images import synthetic_jpeg
-from tests.e2e.test_readme_examples import pointed_at, readme_example
-from tests.servers import REPO, RunningServer
+from tests.e2e.test_readme_examples import run_readme_example
+from tests.servers import RunningServer
 
 pytestmark = pytest.mark.e2e
 MODEL = "qwen3-vl-tiny"
@@ -282,23 +280,10 @@ def test_sdk_raises_the_servers_errors(sdk):
 
 
 def test_readme_curl_example(tiny_server):
-    script = pointed_at(readme_example("genai-curl"), tiny_server)
-    result = subprocess.run(
-        ["bash", "-euc", script], capture_output=True, text=True, cwd=REPO, timeout=120, check=True
-    )
-    body = json.loads(result.stdout)
+    body = json.loads(run_readme_example("genai-curl", tiny_server))
     assert body["modelVersion"] == MODEL
     assert body["usageMetadata"]["promptTokenCount"] > 300
 
 
 def test_readme_sdk_example(tiny_server):
-    script = pointed_at(readme_example("genai-sdk"), tiny_server)
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=True,
-    )
-    assert "prompt_token_count=" in result.stdout
+    assert "prompt_token_count=" in run_readme_example("genai-sdk", tiny_server, python=True)

@@ -25,26 +25,22 @@ def pointed_at(example: str, server: RunningServer) -> str:
     return example.replace(README_ADDRESS, f"127.0.0.1:{server.port}")
 
 
+def run_readme_example(tag: str, server: RunningServer, *, python: bool = False) -> str:
+    """Run the README example tagged ``tag`` against ``server``; its standard output."""
+    script = pointed_at(readme_example(tag), server)
+    argv = [sys.executable, "-c", script] if python else ["bash", "-euc", script]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
+    return result.stdout
+
+
 def test_curl_example(tiny_server: RunningServer):
-    script = pointed_at(readme_example("curl"), tiny_server)
-    result = subprocess.run(
-        ["bash", "-euc", script], capture_output=True, text=True, cwd=REPO, timeout=120, check=True
-    )
-    body = json.loads(result.stdout)
+    body = json.loads(run_readme_example("curl", tiny_server))
     assert body["model"] == "qwen3-vl-tiny"
     assert body["usage"]["prompt_tokens"] > 300  # 640x480 photo: 302 image tokens
     assert body["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_openai_sdk_example(tiny_server: RunningServer):
-    script = pointed_at(readme_example("openai"), tiny_server)
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=True,
-    )
-    assert "CompletionUsage(" in result.stdout
-    assert "prompt_tokens=" in result.stdout
+    output = run_readme_example("openai", tiny_server, python=True)
+    assert "CompletionUsage(" in output
+    assert "prompt_tokens=" in output
