@@ -48,7 +48,7 @@ clean:
 docs: $(STAMP)
 	$(VENV)/bin/qwenvl-serve config-reference --update README.md
 
-# Measure our server against bare vLLM and nginx on the CPU engine (about 15 minutes);
+# Measure our server against bare vLLM and nginx on the CPU engine (about 16 minutes);
 # writes benchmarks/results/ and the tables of benchmarks/RESULTS.md. On a shared
 # machine: flock /tmp/qwenvl-e2e.lock make bench
 bench: $(TINY_MODEL)/config.json
