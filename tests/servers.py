@@ -7,9 +7,6 @@ together with every process it started.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +17,12 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.servers import end_process_tree
+from benchmarks.servers import free_port as free_port  # re-exported for the tests
+
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -81,27 +74,9 @@ def wait_healthy(server: RunningServer, timeout: float = STARTUP_TIMEOUT_S) -> N
     raise TimeoutError(f"server not healthy after {timeout}s:\n{server.log_tail()}")
 
 
-def descendants(pid: int) -> list[psutil.Process]:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        return psutil.Process(pid).children(recursive=True)
-    return []
-
-
 def stop_server(server: RunningServer) -> list[psutil.Process]:
     """SIGTERM the server by pid, wait, and return any of its processes still alive."""
-    children = descendants(server.process.pid)
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    _, alive = psutil.wait_procs(children, timeout=15)
-    for leftover in alive:  # never leave anything behind, even when a test fails
-        with contextlib.suppress(psutil.NoSuchProcess):
-            os.kill(leftover.pid, signal.SIGKILL)
-    return alive
+    return end_process_tree(server.process, STOP_TIMEOUT_S)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from qwenvl_serve.access.body import header
 from qwenvl_serve.access.config import AuthConfig, MetricsConfig
 from qwenvl_serve.access.keys import (
     StoredKey,
@@ -17,6 +16,7 @@ from qwenvl_serve.access.keys import (
 from qwenvl_serve.access.logs import server_logger
 from qwenvl_serve.access.notes import NO_KEY, notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
+from qwenvl_serve.asgi_body import header
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.routes import GENERATE_CONTENT, METRICS, PUBLIC_ROUTES, route_name
 

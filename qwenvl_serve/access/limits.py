@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qwenvl_serve.access.body import read_body, replaying
 from qwenvl_serve.access.config import AuthConfig, LimitsConfig
 from qwenvl_serve.access.limiter import (
     MAX_CONCURRENT,
@@ -21,6 +20,7 @@ from qwenvl_serve.access.limiter import (
 from qwenvl_serve.access.notes import RequestNotes, notes_for
 from qwenvl_serve.access.request_facts import parse_json_object, request_facts
 from qwenvl_serve.api_errors import ApiError, send_error
+from qwenvl_serve.asgi_body import BODY_TOO_LARGE, BodyTooLargeError, read_body, replaying
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.routes import is_inference, route_name
 
@@ -61,10 +61,12 @@ class LimitsMiddleware:
         auth: AuthConfig,
         limits: LimitsConfig,
         metrics: ServeMetrics,
+        max_body_bytes: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.limiter = Limiter(auth.keys, limits.max_in_flight)
+        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.clock = clock
 
@@ -75,7 +77,11 @@ class LimitsMiddleware:
         notes = notes_for(scope)
         requested = 0
         if self.limiter.needs_token_estimate(notes.key_name):
-            body, disconnect = await read_body(receive)
+            try:
+                body, disconnect = await read_body(scope, receive, self.max_body_bytes)
+            except BodyTooLargeError:
+                await send_error(scope, send, BODY_TOO_LARGE)
+                return
             parsed = parse_json_object(body)
             requested = request_facts(route_name(scope["path"]), parsed, scope["path"]).max_tokens
             receive = replaying(body, receive, disconnect)

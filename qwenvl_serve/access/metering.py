@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qwenvl_serve.access.body import read_body, replaying, with_content_length
 from qwenvl_serve.access.config import MeteringConfig
 from qwenvl_serve.access.notes import final_status, notes_for, request_id_of
 from qwenvl_serve.access.request_facts import (
@@ -27,6 +26,14 @@ from qwenvl_serve.access.request_facts import (
 )
 from qwenvl_serve.access.usage import JsonUsageCollector, SseUsageScanner, Usage
 from qwenvl_serve.access.usage_log import UsageLogWriter, usage_record
+from qwenvl_serve.api_errors import send_error
+from qwenvl_serve.asgi_body import (
+    BODY_TOO_LARGE,
+    BodyTooLargeError,
+    read_body,
+    replaying,
+    with_body_length,
+)
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.routes import GENERATE_CONTENT, is_inference, route_name
 
@@ -77,10 +84,12 @@ class MeteringMiddleware:
         model_name: str,
         metering: MeteringConfig,
         metrics: ServeMetrics,
+        max_body_bytes: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.model_name = model_name
+        self.max_body_bytes = max_body_bytes
         self.prices = metering.prices
         self.metrics = metrics
         self.clock = clock
@@ -97,14 +106,17 @@ class MeteringMiddleware:
             return
         started = self.clock()
         route = route_name(scope["path"])
-        body, disconnect = await read_body(receive)
-        parsed = parse_json_object(body)
+        try:
+            body, disconnect = await read_body(scope, receive, self.max_body_bytes)
+        except BodyTooLargeError:
+            body, disconnect = None, None
+        parsed = None if body is None else parse_json_object(body)
         facts = request_facts(route, parsed, scope["path"])
         inject = parsed is not None and route != GENERATE_CONTENT
         inject = inject and facts.stream and not facts.usage_requested
         if parsed is not None and inject:
             body = json.dumps(with_usage_requested(parsed), ensure_ascii=False).encode()
-            scope = with_content_length(scope, len(body))
+            scope = with_body_length(scope, len(body))
         meter = ResponseMeter(drop_usage_chunk=inject)
 
         async def send_metered(message: Message) -> None:
@@ -112,7 +124,10 @@ class MeteringMiddleware:
 
         failed = True
         try:
-            await self.app(scope, replaying(body, receive, disconnect), send_metered)
+            if body is None:  # over the cap: refused here, never buffered whole
+                await send_error(scope, send_metered, BODY_TOO_LARGE)
+            else:
+                await self.app(scope, replaying(body, receive, disconnect), send_metered)
             failed = False
         finally:
             self._account(scope, route, facts, meter, self.clock() - started, failed)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
-from qwenvl_serve.access.body import header
 from qwenvl_serve.access.usage import Usage
+from qwenvl_serve.asgi_body import header
 
 NO_KEY = "-"  # the key label of requests that presented no valid key (or need none)
 _STATE_ENTRY = "qwenvl_serve.request_notes"

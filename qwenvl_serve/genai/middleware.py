@@ -13,6 +13,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import ApiError, send_error
+from qwenvl_serve.asgi_body import BODY_TOO_LARGE, BodyTooLargeError, read_body, replaying
 from qwenvl_serve.genai.config import GenerateContentConfig
 from qwenvl_serve.genai.fields import InvalidRequestError
 from qwenvl_serve.genai.paths import GenerateContentCall, parse_call, wants_sse
@@ -34,8 +35,15 @@ _BAD_INNER_ANSWER = ApiError(500, "The model server sent an unreadable answer.")
 class GenerateContentMiddleware:
     """Serves ``/v1[beta]/models/{model}:(stream)GenerateContent`` through the chat route."""
 
-    def __init__(self, app: ASGIApp, config: GenerateContentConfig, served_model_name: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: GenerateContentConfig,
+        served_model_name: str,
+        max_body_bytes: int,
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.served_model_name = served_model_name
         self.model_names = frozenset({served_model_name, *config.model_aliases})
         self.unknown_model = ApiError(
@@ -61,8 +69,12 @@ class GenerateContentMiddleware:
         if call.model not in self.model_names:
             await send_error(scope, send, self.unknown_model)
             return
-        body = await read_body(receive)
-        if body is None:
+        try:
+            body, disconnect = await read_body(scope, receive, self.max_body_bytes)
+        except BodyTooLargeError:
+            await send_error(scope, send, BODY_TOO_LARGE)
+            return
+        if disconnect is not None:
             return  # the client left before sending its request
         try:
             chat = self._chat_request(body, call.stream)
@@ -75,7 +87,7 @@ class GenerateContentMiddleware:
             if call.stream
             else buffered_relay(scope, send)
         )
-        await self.app(chat_scope(scope, len(chat_body)), replay(chat_body, receive), relay)
+        await self.app(chat_scope(scope, len(chat_body)), replaying(chat_body, receive), relay)
 
     def _chat_request(self, body: bytes, stream: bool) -> dict[str, object]:
         """The chat request for a raw generateContent body; InvalidRequestError when refused."""
@@ -87,18 +99,6 @@ class GenerateContentMiddleware:
             return chat_request_from_google(parsed, self.served_model_name, stream)
         except RecursionError:
             raise InvalidRequestError(_TOO_DEEP) from None
-
-
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client disconnected first."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def chat_scope(scope: Scope, content_length: int) -> Scope:
@@ -120,20 +120,6 @@ def chat_scope(scope: Scope, content_length: int) -> Scope:
         "query_string": b"",
         "headers": headers,
     }
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that yields ``body`` once, then the client's own messages (disconnect)."""
-    delivered = False
-
-    async def receive_translated() -> Message:
-        nonlocal delivered
-        if delivered:
-            return await receive()
-        delivered = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive_translated
 
 
 def passed_headers(message: Message) -> list[tuple[bytes, bytes]]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_serve.images.rejections import Reason, RefusalError
+from qwenvl_serve.images.reserved_tokens import vision_token_location
 
 # Request fields that change media processing or the prompt template (and so could
 # raise the server's limits or desynchronise vision tokens).
@@ -19,15 +20,6 @@ OVERRIDE_FIELDS = (
     "media_io_kwargs",
     "chat_template",
     "chat_template_kwargs",
-)
-# Qwen's vision special tokens: text carrying them would make the placeholder count
-# disagree with the images, which crashes requests inside the engine.
-VISION_TOKENS = (
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
 )
 _IMAGE_TYPES = frozenset({"image_url", "input_image"})
 _VIDEO_TYPES = frozenset({"video_url"})
@@ -68,7 +60,7 @@ def find_images(body: dict[str, Any], rules: RequestRules) -> list[ImageSlot]:
     for name in OVERRIDE_FIELDS:
         if body.get(name) is not None and name not in rules.allowed_fields:
             raise RefusalError(Reason.FIELD_NOT_ALLOWED, name)
-    token_at = _vision_token_location(body)
+    token_at = vision_token_location(body)
     if token_at is not None:
         raise RefusalError(Reason.VISION_TOKEN, token_at)
     slots: list[ImageSlot] = []
@@ -148,31 +140,3 @@ def _image_url(part: dict[str, Any], param: str) -> str:
     if not isinstance(value, str) or not value:
         raise RefusalError(Reason.BAD_IMAGE_PART, param)
     return value
-
-
-def _vision_token_location(body: dict[str, Any]) -> str | None:
-    """Where a vision token appears: ``messages[i]`` or a top-level field name."""
-    for key, value in body.items():
-        if key == "messages" and isinstance(value, list):
-            for index, message in enumerate(value):
-                if _contains_vision_token(message):
-                    return f"messages[{index}]"
-        elif _contains_vision_token(key) or _contains_vision_token(value):
-            return key
-    return None
-
-
-def _contains_vision_token(value: object) -> bool:
-    """True if any string (or key) anywhere in ``value`` holds a vision token."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "<|" in item and any(token in item for token in VISION_TOKENS):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False

@@ -81,7 +81,10 @@ class ImagesConfig(StrictModel):
     max_request_bytes: int = Field(
         default=64 * MIB,
         ge=1024,
-        description="Largest chat-completions request body; larger ones are refused with 413.",
+        description=(
+            "Largest request body on the inference routes (chat, completions, "
+            "generateContent); larger ones are refused with 413 before being buffered."
+        ),
     )
     worker_threads: int = Field(
         default=4,

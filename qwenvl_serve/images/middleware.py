@@ -4,7 +4,8 @@ For ``POST /v1/chat/completions`` it buffers the body (capped), refuses what mus
 reach the engine, fetches remote images itself, normalizes every image in a bounded
 thread pool (the images of one request in parallel), rewrites the body with the
 normalized ``data:`` URLs and tells the client the sizes in
-``x-qwenvl-normalized-images``. Everything else passes through untouched.
+``x-qwenvl-normalized-images``. ``POST /v1/completions`` has no images, but its
+prompt is checked for vision tokens. Everything else passes through untouched.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import send_error
+from qwenvl_serve.asgi_body import (
+    BodyTooLargeError,
+    read_body,
+    replaying,
+    with_body_length,
+)
 from qwenvl_serve.config import InstanceConfig
-from qwenvl_serve.images.asgi_body import read_body, replaying, with_body_length
 from qwenvl_serve.images.chat_request import (
     ImageSlot,
     RequestRules,
@@ -43,7 +49,8 @@ from qwenvl_serve.images.fetch import FetchPolicy, RemoteImageFetcher, Resolver,
 from qwenvl_serve.images.metrics import ImageMetrics
 from qwenvl_serve.images.normalize import NormalizedImage, Outcome, normalize_image
 from qwenvl_serve.images.rejections import Reason, RefusalError
-from qwenvl_serve.routes import CHAT_COMPLETIONS, route_name
+from qwenvl_serve.images.reserved_tokens import check_completion_request
+from qwenvl_serve.routes import CHAT_COMPLETIONS, COMPLETIONS, route_name
 
 NORMALIZED_SIZES_HEADER = b"x-qwenvl-normalized-images"
 # Bodies above this size are parsed and serialized in the pool, not on the event loop.
@@ -112,18 +119,19 @@ class ImageNormalizationMiddleware:
         pyvips.cache_set_max(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("method") != "POST"
-            or route_name(scope["path"]) != CHAT_COMPLETIONS
-        ):
+        route = route_name(scope["path"]) if scope["type"] == "http" else None
+        if scope.get("method") != "POST" or route not in (CHAT_COMPLETIONS, COMPLETIONS):
             await self.app(scope, receive, send)
             return
         try:
-            body = await read_body(scope, receive, self.config.max_request_bytes)
+            body = await self._read_body(scope, receive)
             if body is None:
                 return  # the client left before sending its request
-            body, sizes = await self._normalize_request(body)
+            if route == COMPLETIONS:
+                await self._run(len(body) > _LARGE_BODY, _check_completion, body)
+                sizes: list[tuple[int, int]] = []
+            else:
+                body, sizes = await self._normalize_request(body)
         except RefusalError as rejected:
             self.metrics.refusals.labels(reason=rejected.reason.code).inc()
             await send_error(scope, send, rejected.api_error())
@@ -131,6 +139,14 @@ class ImageNormalizationMiddleware:
         await self.app(
             with_body_length(scope, len(body)), replaying(body, receive), _with_sizes(send, sizes)
         )
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The capped body; None when the client left before sending all of it."""
+        try:
+            body, disconnect = await read_body(scope, receive, self.config.max_request_bytes)
+        except BodyTooLargeError:
+            raise RefusalError(Reason.BODY_TOO_LARGE) from None
+        return None if disconnect is not None else body
 
     async def _normalize_request(self, body: bytes) -> tuple[bytes, list[tuple[int, int]]]:
         """The body the engine gets and the size of each of its images."""
@@ -215,13 +231,22 @@ class ImageNormalizationMiddleware:
 
 
 def _parse_request(body: bytes, rules: RequestRules) -> tuple[dict[str, Any], list[ImageSlot]]:
+    document = _parse_object(body)
+    return document, find_images(document, rules)
+
+
+def _check_completion(body: bytes) -> None:
+    check_completion_request(_parse_object(body))
+
+
+def _parse_object(body: bytes) -> dict[str, Any]:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):  # not UTF-8, not JSON, or absurdly nested
         raise RefusalError(Reason.INVALID_JSON) from None
     if not isinstance(document, dict):
         raise RefusalError(Reason.INVALID_JSON)
-    return document, find_images(document, rules)
+    return document
 
 
 def _serialize(document: dict[str, Any]) -> bytes:

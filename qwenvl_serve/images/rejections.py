@@ -9,16 +9,13 @@ from __future__ import annotations
 import enum
 
 from qwenvl_serve.api_errors import ApiError
+from qwenvl_serve.asgi_body import BODY_TOO_LARGE_MESSAGE
 
 
 class Reason(enum.Enum):
     """A refusal: ``(code, HTTP status, message)``."""
 
-    BODY_TOO_LARGE = (
-        "request_too_large",
-        413,
-        "The request body is larger than this server accepts.",
-    )
+    BODY_TOO_LARGE = ("request_too_large", 413, BODY_TOO_LARGE_MESSAGE)
     INVALID_JSON = ("invalid_json", 400, "The request body is not a valid JSON object.")
     FIELD_NOT_ALLOWED = (
         "field_not_allowed",

@@ -46,10 +46,14 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
     normalization -> vLLM. Each layer creates its own metrics in ``registry``.
     """
     app = ImageNormalizationMiddleware(app, config, registry)  # innermost: OpenAI-shaped only
-    app = GenerateContentMiddleware(app, config.generate_content, config.public_model_name)
+    # Every layer that buffers a body stops at the same cap, before buffering it whole.
+    max_body = config.images.max_request_bytes
+    app = GenerateContentMiddleware(
+        app, config.generate_content, config.public_model_name, max_body
+    )
     metrics = ServeMetrics.create(config.public_model_name, registry)
-    app = MeteringMiddleware(app, config.public_model_name, config.metering, metrics)
-    app = LimitsMiddleware(app, config.auth, config.limits, metrics)
+    app = MeteringMiddleware(app, config.public_model_name, config.metering, metrics, max_body)
+    app = LimitsMiddleware(app, config.auth, config.limits, metrics, max_body)
     app = AuthMiddleware(app, config.auth, config.metrics, metrics)
     app = RouteAllowlistMiddleware(app, metrics)
     app = PlaygroundMiddleware(app, config.playground)

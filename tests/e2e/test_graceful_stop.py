@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import REPO, RunningServer, descendants, free_port, start_server, stop_server
+from benchmarks.servers import descendants
+from tests.servers import REPO, RunningServer, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "qwen3-vl-tiny"

@@ -87,6 +87,21 @@ def test_vision_tokens_in_text_are_refused(tiny_server: RunningServer):
     assert response.json()["error"]["code"] == "reserved_token"
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    ["<|vision_start|><|image_pad|><|vision_end|> what is this?", [151652, 151655, 151653]],
+)
+def test_vision_tokens_in_completion_prompts_are_refused(
+    tiny_server: RunningServer, prompt: object
+):
+    url = f"{tiny_server.base_url}/v1/completions"
+    refused = httpx.post(url, json={"model": MODEL, "prompt": prompt, "max_tokens": 4}, timeout=300)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "reserved_token"
+    plain = httpx.post(url, json={"model": MODEL, "prompt": "A cat", "max_tokens": 4}, timeout=300)
+    assert plain.status_code == 200, plain.text
+
+
 def test_per_request_processor_overrides_are_refused(tiny_server: RunningServer):
     body = {
         **chat_body(image_message(synthetic_jpeg(640, 480, seed=36))),

@@ -427,8 +427,12 @@ async def test_websockets_are_refused():
 
 def layers(inner, config, registry, **clocks):
     metrics = ServeMetrics.create(MODEL, registry)
-    app: ASGIApp = MeteringMiddleware(inner, MODEL, config.metering, metrics)
-    app = LimitsMiddleware(app, config.auth, config.limits, metrics, **clocks)
+    app: ASGIApp = MeteringMiddleware(
+        inner, MODEL, config.metering, metrics, config.images.max_request_bytes
+    )
+    app = LimitsMiddleware(
+        app, config.auth, config.limits, metrics, config.images.max_request_bytes, **clocks
+    )
     app = AuthMiddleware(app, config.auth, config.metrics, metrics)
     lines: list[str] = []
     return ObserveMiddleware(app, metrics, log_line=lines.append), lines
@@ -587,3 +591,43 @@ async def test_generate_content_keys_usage_metadata_and_query_key_removal():
     }
     assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 60
     assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 14
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tpm", [None, 1_000_000])  # with a tpm, the limits layer reads too
+async def test_bodies_over_the_cap_are_refused_before_being_buffered(tmp_path, tpm):
+    key = {"name": "alpha", "key": ALPHA} | ({"tpm": tpm} if tpm else {})
+    config = make_config(tmp_path, images={"max_request_bytes": 1024}, auth={"keys": [key]})
+    inner = FakeVllm()
+    app = QwenVLServeMiddleware(inner, config=config, registry=CollectorRegistry())
+    big = chat_body(max_tokens=4, padding="x" * 4096)
+    body_chunks_read = 0
+
+    async def chunks():
+        nonlocal body_chunks_read
+        for _ in range(100):
+            body_chunks_read += 1
+            yield b" " * 512
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        declared = await client.post("/v1/chat/completions", json=big, headers=bearer(ALPHA))
+        streamed = await client.post(
+            "/v1/completions", content=chunks(), headers=bearer(ALPHA)
+        )  # no Content-Length: refused once the bytes received pass the cap
+        google = await client.post(
+            f"/v1beta/models/{MODEL}:generateContent", json=big, headers=bearer(ALPHA)
+        )
+        fits = await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(ALPHA))
+    await run_lifespan(app)
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "request_too_large"
+    assert body_chunks_read < 10
+    assert google.status_code == 413
+    assert google.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert fits.status_code == 200
+    assert [path for path, _ in inner.seen] == ["/v1/chat/completions"]
+    records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+    # The usage log holds what reached metering: with a tpm the limits layer refused first.
+    assert [r["status"] for r in records] == ([200] if tpm else [413, 413, 413, 200])

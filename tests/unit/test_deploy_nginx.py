@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import re
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from qwenvl_serve.deploy.local_nginx import (
     write_local_files,
 )
 from qwenvl_serve.deploy.nginx import render_nginx
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "example.yaml"
@@ -49,12 +49,6 @@ MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg6ywe2cPeGFVPaqe9
 1koCGO/awBby+YPNLFcaP4ogwLdV7mB6AffNKZ2Z5qV3Ew9e/BTUjicW
 -----END PRIVATE KEY-----
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ class ChatApp:
 
 def layer(inner: ChatApp, aliases: list[str] | None = None) -> GenerateContentMiddleware:
     config = GenerateContentConfig(model_aliases=aliases or [])
-    return GenerateContentMiddleware(inner, config, MODEL)
+    return GenerateContentMiddleware(inner, config, MODEL, max_body_bytes=1 << 20)
 
 
 async def post(

@@ -6,8 +6,10 @@ import base64
 import math
 
 import pytest
+from transformers import AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
 
+from qwenvl_serve import tiny_model
 from qwenvl_serve.images.chat_request import (
     ImageSlot,
     RequestRules,
@@ -24,6 +26,11 @@ from qwenvl_serve.images.data_url import (
 from qwenvl_serve.images.formats import sniff_format
 from qwenvl_serve.images.geometry import target_size, within_bounds
 from qwenvl_serve.images.rejections import Reason, RefusalError
+from qwenvl_serve.images.reserved_tokens import (
+    VISION_TOKEN_IDS,
+    VISION_TOKENS,
+    check_completion_request,
+)
 
 RULES = RequestRules(
     max_images=2,
@@ -278,3 +285,39 @@ def test_shapes_vllm_refuses_anyway_are_left_alone():
 
 def test_slot_param_names_the_part():
     assert ImageSlot(2, 5, "u").param == "messages[2].content[5]"
+
+
+def test_vision_token_ids_are_the_tokenizers():
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.qwen_tokenizer_dir())
+    ids = {tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS}
+    assert ids == VISION_TOKEN_IDS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "Describe <|image_pad|> please"},
+        {"prompt": ["ok", "<|vision_end|>"]},
+        {"prompt": [1, 2, 151656]},
+        {"prompt": [[1, 2], [151654]]},
+        {"prompt": "ok", "stop": ["<|vision_start|>"]},
+    ],
+)
+def test_completion_prompts_may_not_bring_vision_tokens(body: dict[str, object]):
+    with pytest.raises(RefusalError) as refused:
+        check_completion_request(body)
+    assert refused.value.reason is Reason.VISION_TOKEN
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "Describe a cat <|im_end|>"},
+        {"prompt": [1, 2, 151651, 151657]},
+        {"prompt": [[True, 151655.0]]},  # not ints: vLLM refuses these itself
+        {"prompt": None},
+        {},
+    ],
+)
+def test_other_completion_prompts_pass(body: dict[str, object]):
+    check_completion_request(body)

@@ -208,13 +208,33 @@ async def test_invalid_json_and_oversized_bodies():
 @pytest.mark.anyio
 async def test_other_routes_and_methods_pass_through_untouched():
     inner = RecordingApp()
-    odd = b'{"prompt": "<|image_pad|>", "mm_processor_kwargs": {}}'
+    plain = b'{"prompt": "Describe a cat.", "max_tokens": 4}'
     async with client(layer(inner)) as http:
-        completions = await http.post("/v1/completions", content=odd)
+        completions = await http.post("/v1/completions", content=plain)
         models = await http.get("/v1/models")
     assert completions.status_code == models.status_code == 200
     assert "x-qwenvl-normalized-images" not in completions.headers
-    assert inner.bodies == [odd, b""]
+    assert inner.bodies == [plain, b""]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "<|vision_start|><|image_pad|><|vision_end|> what is this?"},
+        {"prompt": ["fine", "x <|video_pad|>"]},
+        {"prompt": [9707, 151655, 11]},
+        {"prompt": [[9707], [151652, 151655, 151653]]},
+        {"prompt": "fine", "suffix": "<|image_pad|>"},
+    ],
+)
+async def test_completions_prompts_with_vision_tokens_are_refused(body: dict[str, Any]):
+    inner = RecordingApp()
+    async with client(layer(inner)) as http:
+        response = await http.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "reserved_token"
+    assert inner.bodies == []
 
 
 @pytest.mark.anyio

@@ -1,0 +1,83 @@
+"""Reading a request body once (capped) and replaying it to the inner app."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.types import Message
+
+from qwenvl_serve.asgi_body import (
+    BodyTooLargeError,
+    declared_length,
+    read_body,
+    replaying,
+    with_body_length,
+)
+
+
+def scope_with(*headers: tuple[bytes, bytes]) -> dict[str, object]:
+    return {"type": "http", "headers": list(headers)}
+
+
+def receiver(*messages: Message):
+    queue = list(messages)
+    taken: list[Message] = []
+
+    async def receive() -> Message:
+        message = queue.pop(0)
+        taken.append(message)
+        return message
+
+    return receive, taken
+
+
+def chunk(body: bytes, more: bool = True) -> Message:
+    return {"type": "http.request", "body": body, "more_body": more}
+
+
+@pytest.mark.anyio
+async def test_the_body_is_joined_from_its_chunks():
+    receive, _ = receiver(chunk(b"ab"), chunk(b"cd", more=False))
+    assert await read_body(scope_with(), receive, limit=4) == (b"abcd", None)
+
+
+@pytest.mark.anyio
+async def test_a_client_that_leaves_mid_body_is_reported_with_what_came():
+    receive, _ = receiver(chunk(b"ab"), {"type": "http.disconnect"})
+    body, disconnect = await read_body(scope_with(), receive)
+    assert (body, disconnect) == (b"ab", {"type": "http.disconnect"})
+
+
+@pytest.mark.anyio
+async def test_a_declared_length_over_the_limit_is_refused_before_reading():
+    receive, taken = receiver(chunk(b"x" * 10, more=False))
+    with pytest.raises(BodyTooLargeError):
+        await read_body(scope_with((b"content-length", b"10")), receive, limit=9)
+    assert taken == []
+
+
+@pytest.mark.anyio
+async def test_received_bytes_over_the_limit_stop_the_reading():
+    receive, taken = receiver(*[chunk(b"x" * 4)] * 10)
+    with pytest.raises(BodyTooLargeError):
+        await read_body(scope_with(), receive, limit=10)
+    assert len(taken) == 3
+
+
+@pytest.mark.anyio
+async def test_replaying_gives_the_body_then_the_disconnect_or_the_client():
+    receive, _ = receiver({"type": "http.disconnect"})
+    left = replaying(b"body", receive, {"type": "http.disconnect"})
+    assert await left() == chunk(b"body", more=False)
+    assert await left() == {"type": "http.disconnect"}
+    stayed = replaying(b"body", receive)
+    assert await stayed() == chunk(b"body", more=False)
+    assert await stayed() == {"type": "http.disconnect"}  # the client's own message
+
+
+def test_lengths_are_read_and_rewritten():
+    scope = scope_with((b"Content-Length", b"12"), (b"transfer-encoding", b"chunked"))
+    assert declared_length(scope) == 12
+    assert declared_length(scope_with((b"content-length", b"-1"))) is None
+    rewritten = with_body_length(scope, 5)
+    assert rewritten["headers"] == [(b"content-length", b"5")]
+    assert declared_length(rewritten) == 5
