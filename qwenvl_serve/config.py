@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from qwenvl_serve.access.config import AuthConfig, LimitsConfig, MeteringConfig, MetricsConfig
 from qwenvl_serve.config_base import StrictModel
+from qwenvl_serve.engine_passthrough import refused_env, refused_extra_args
 from qwenvl_serve.genai.config import GenerateContentConfig
 from qwenvl_serve.images.config import ImagesConfig
 from qwenvl_serve.playground.config import PlaygroundConfig
@@ -109,12 +110,33 @@ class EngineConfig(StrictModel):
     )
     env: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra environment variables for the vLLM process.",
+        description=(
+            "Extra environment variables for the vLLM process (not those the launcher sets)."
+        ),
     )
     extra_args: list[str] = Field(
         default_factory=list,
-        description="Further vLLM command-line arguments, passed through verbatim, last.",
+        description=(
+            "Further vLLM command-line arguments, passed through verbatim, last. Options "
+            "that a setting above owns, or that would bypass auth or image checks, are refused."
+        ),
     )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_reserved_flags(cls, args: list[str]) -> list[str]:
+        problems = refused_extra_args(args)
+        if problems:
+            raise PydanticCustomError("reserved_option", "; ".join(problems))
+        return args
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved_env(cls, env: dict[str, str]) -> dict[str, str]:
+        problems = refused_env(list(env))
+        if problems:
+            raise PydanticCustomError("reserved_variable", "; ".join(problems))
+        return env
 
 
 class ShutdownConfig(StrictModel):

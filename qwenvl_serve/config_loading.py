@@ -125,6 +125,11 @@ def load_config(
     return resolve_config(read_config_file(path), overrides, environ)
 
 
+# Keys whose values may be secrets (API keys, the metrics token, tokens in the engine's
+# environment): errors about them never echo the value.
+_SECRET_PARTS = frozenset({"keys", "key", "token", "env"})
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem: the dotted key, the offending value, and what is allowed."""
     return "\n".join(_describe_one(error) for error in exc.errors())
@@ -138,7 +143,7 @@ def _describe_one(error: Mapping[str, Any]) -> str:
         return f"{key}: unknown key; allowed here: {allowed}"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    value = _short_repr(error.get("input"))
+    value = "(hidden)" if _SECRET_PARTS & set(location) else _short_repr(error.get("input"))
     return f"{key}: invalid value {value}: {_allowed_phrase(error)}"
 
 

@@ -35,6 +35,16 @@ _GENERATE_CONTENT = re.compile(
 # backslashes or control characters, whatever the static handler would make of them.
 _PLAYGROUND_FILE = re.compile(r"^/playground/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/|$))*$")
 
+# The methods each route answers; OPTIONS (CORS preflight) is answered on every route.
+_METHODS = {
+    CHAT_COMPLETIONS: ("POST",),
+    COMPLETIONS: ("POST",),
+    GENERATE_CONTENT: ("POST",),
+    MODELS: ("GET",),
+    HEALTH: ("GET",),
+    METRICS: ("GET",),
+    PLAYGROUND: ("GET", "HEAD"),
+}
 # Routes that run the model: limits and metering apply to these.
 INFERENCE_ROUTES = frozenset({CHAT_COMPLETIONS, COMPLETIONS, GENERATE_CONTENT})
 # Routes anyone may call without a key (/metrics has its own rule).
@@ -55,6 +65,11 @@ def route_name(path: str) -> str:
 def is_allowed(path: str) -> bool:
     """True for the paths this server answers; every other path gets 404."""
     return route_name(path) != OTHER
+
+
+def allowed_methods(route: str) -> tuple[str, ...]:
+    """The HTTP methods ``route`` answers (none for ``other``)."""
+    return _METHODS.get(route, ())
 
 
 def is_inference(method: str, path: str) -> bool:

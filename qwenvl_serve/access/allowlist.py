@@ -1,4 +1,4 @@
-"""Serve only the routes on the allowlist; everything else is 404 before anything runs."""
+"""Serve only the routes on the allowlist, each with its methods; 404 and 405 otherwise."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qwenvl_serve.access.notes import notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
 from qwenvl_serve.metrics import ServeMetrics
-from qwenvl_serve.routes import is_allowed
+from qwenvl_serve.routes import OTHER, allowed_methods, route_name
 
 NOT_FOUND = ApiError(404, "Not found.", code="not_found")
 REASON = "route"
 
 
 class RouteAllowlistMiddleware:
-    """404 in the route's API format for every path not in :mod:`qwenvl_serve.routes`.
+    """404 in the route's API format for every path not in :mod:`qwenvl_serve.routes`,
+    405 (with ``Allow``) for a method its route does not answer.
 
     WebSocket connections are refused outright: no allowed route is one.
     """
@@ -28,9 +29,20 @@ class RouteAllowlistMiddleware:
             self.rejections.inc()
             await send({"type": "websocket.close", "code": 1008})
             return
-        if scope["type"] != "http" or is_allowed(scope["path"]):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = route_name(scope["path"])
+        methods = allowed_methods(route)
+        if route != OTHER and (scope["method"] in methods or scope["method"] == "OPTIONS"):
             await self.app(scope, receive, send)
             return
         self.rejections.inc()
         notes_for(scope).rejection = REASON
-        await send_error(scope, send, NOT_FOUND)
+        await send_error(scope, send, NOT_FOUND if route == OTHER else method_not_allowed(methods))
+
+
+def method_not_allowed(methods: tuple[str, ...]) -> ApiError:
+    """405 naming the methods the route answers."""
+    allow = ", ".join(methods)
+    return ApiError(405, f"Use {allow}.", code="method_not_allowed", headers=[("allow", allow)])

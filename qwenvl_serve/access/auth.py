@@ -73,7 +73,7 @@ class AuthMiddleware:
             return
         route = route_name(scope["path"])
         candidates = self._candidates(route)
-        if candidates is None or _is_cors_preflight(scope):
+        if candidates is None or (route != METRICS and _is_cors_preflight(scope)):
             await self.app(scope, receive, send)
             return
         query_key_allowed = route == GENERATE_CONTENT
@@ -91,7 +91,11 @@ class AuthMiddleware:
 
 
 def _is_cors_preflight(scope: Scope) -> bool:
-    """A browser's CORS preflight, which carries no key by design; CORS answers it."""
+    """A browser's CORS preflight, which carries no key by design; vLLM's CORS layer
+    answers it. Without ``Origin`` that layer passes the request on to the route, so
+    such a request is no preflight and needs a key like any other."""
     return (
-        scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method") is not None
+        scope["method"] == "OPTIONS"
+        and header(scope, b"origin") is not None
+        and header(scope, b"access-control-request-method") is not None
     )

@@ -115,7 +115,8 @@ class MeteringMiddleware:
         inject = parsed is not None and route != GENERATE_CONTENT
         inject = inject and facts.stream and not facts.usage_requested
         if parsed is not None and inject:
-            body = json.dumps(with_usage_requested(parsed), ensure_ascii=False).encode()
+            # ASCII escapes: a lone surrogate in the prompt must not fail the encode.
+            body = json.dumps(with_usage_requested(parsed)).encode()
             scope = with_body_length(scope, len(body))
         meter = ResponseMeter(drop_usage_chunk=inject)
 

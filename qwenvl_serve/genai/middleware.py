@@ -81,7 +81,8 @@ class GenerateContentMiddleware:
         except InvalidRequestError as refusal:
             await send_error(scope, send, ApiError(400, str(refusal)))
             return
-        chat_body = json.dumps(chat, ensure_ascii=False).encode()
+        # ASCII escapes: a lone surrogate in the prompt must not fail the encode.
+        chat_body = json.dumps(chat).encode()
         relay = (
             streamed_relay(scope, send, wants_sse(scope.get("query_string", b"")))
             if call.stream

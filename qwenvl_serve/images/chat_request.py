@@ -66,7 +66,7 @@ def find_images(body: dict[str, Any], rules: RequestRules) -> list[ImageSlot]:
     slots: list[ImageSlot] = []
     for message_index, part_index, part in _parts(body.get("messages")):
         param = f"messages[{message_index}].content[{part_index}]"
-        kind = _media_kind(part)
+        kind = media_kind(part)
         if kind is None:
             continue
         if "uuid" in part:
@@ -112,7 +112,9 @@ def _parts(messages: object) -> Iterator[tuple[int, int, dict[str, Any]]]:
                 yield message_index, part_index, part
 
 
-def _media_kind(part: dict[str, Any]) -> str | None:
+def media_kind(part: dict[str, Any]) -> str | None:
+    """``image``, ``video``, ``audio`` or ``embeddings`` for a media part, read the
+    way vLLM reads it; None for text and anything else."""
     part_type = part.get("type")
     kind = _kind_of(part_type) if isinstance(part_type, str) else None
     if kind is None and (part_type is None or "uuid" in part):

@@ -250,7 +250,8 @@ def _parse_object(body: bytes) -> dict[str, Any]:
 
 
 def _serialize(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    # ASCII escapes: client text may hold a lone surrogate, which UTF-8 cannot encode.
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _with_sizes(send: Send, sizes: list[tuple[int, int]]) -> Send:

@@ -1,13 +1,16 @@
 """The access layers in the real stack, in front of a small stand-in for vLLM's app."""
 
 import asyncio
+import base64
 import hashlib
+import io
 import json
 import logging
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -256,8 +259,13 @@ async def test_cors_preflight_passes_without_a_key(stack):
     async with client:
         passed = await client.options("/v1/chat/completions", headers=preflight)
         plain_options = await client.options("/v1/chat/completions")
+        # Without Origin, vLLM's CORS layer would hand the request to the route itself.
+        no_origin = {"Access-Control-Request-Method": "GET"}
+        metrics_without_origin = await client.options("/metrics", headers=no_origin)
+        metrics_preflight = await client.options("/metrics", headers=preflight)
     assert passed.status_code == 200
     assert plain_options.status_code == 401
+    assert metrics_without_origin.status_code == metrics_preflight.status_code == 401
     assert [path for path, _ in inner.seen] == ["/v1/chat/completions"]
 
 
@@ -631,3 +639,97 @@ async def test_bodies_over_the_cap_are_refused_before_being_buffered(tmp_path, t
     records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
     # The usage log holds what reached metering: with a tpm the limits layer refused first.
     assert [r["status"] for r in records] == ([200] if tpm else [413, 413, 413, 200])
+
+
+@pytest.mark.anyio
+async def test_loosely_typed_stream_requests_are_still_metered(stack):
+    client, inner, registry = stack
+    async with client:
+        response = await client.post(
+            "/v1/chat/completions", json=chat_body(stream=1, max_tokens=3), headers=bearer(BETA)
+        )
+    assert response.status_code == 200
+    assert inner.seen[0][1]["stream_options"] == {"include_usage": True}
+    assert "usage" not in response.text  # the client did not ask for the chunk
+    completion = sample(registry, "qwenvl_tokens_total", key="beta", model=MODEL, type="completion")
+    assert completion == 3
+
+
+@pytest.mark.anyio
+async def test_absurdly_nested_json_gets_a_json_400(stack):
+    client, inner, _ = stack
+    nested = b"[" * 1200 + b"]" * 1200
+    async with client:
+        responses = [
+            await client.post(path, content=nested, headers=bearer(BETA))
+            for path in ("/v1/chat/completions", f"/v1beta/models/{MODEL}:generateContent")
+        ]
+    for response in responses:
+        assert response.status_code == 400
+        assert response.json()["error"]["message"]
+        assert response.headers["x-request-id"]
+    assert inner.seen == []
+
+
+@pytest.mark.anyio
+async def test_a_lone_surrogate_in_the_prompt_reaches_the_engine_escaped(stack):
+    client, inner, _ = stack
+    png = io.BytesIO()
+    Image.new("RGBA", (64, 48), (255, 0, 0, 128)).save(png, "PNG")  # re-encoded: body rewritten
+    url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    image = {"type": "image_url", "image_url": {"url": url}}
+    lone = "\ud800 what is this"
+    google = {"contents": [{"parts": [{"text": lone}]}]}
+    async with client:
+        chat = await client.post(
+            "/v1/chat/completions",
+            content=escaped(
+                {
+                    "model": MODEL,
+                    "messages": [
+                        {"role": "user", "content": [image, {"type": "text", "text": lone}]}
+                    ],
+                }
+            ),
+            headers=bearer(BETA),
+        )
+        streamed = await client.post(
+            "/v1/chat/completions",
+            content=escaped(chat_body(stream=True, messages=[{"role": "user", "content": lone}])),
+            headers=bearer(BETA),
+        )
+        translated = await client.post(
+            f"/v1beta/models/{MODEL}:generateContent", content=escaped(google), headers=bearer(BETA)
+        )
+    assert (chat.status_code, streamed.status_code, translated.status_code) == (200, 200, 200)
+    assert [path for path, _ in inner.seen] == ["/v1/chat/completions"] * 3
+    texts = [json.dumps(request) for _, request in inner.seen]
+    assert all("\\ud800 what is this" in text for text in texts)
+
+
+def escaped(body: dict[str, Any]) -> bytes:
+    """JSON as a client that escapes non-ASCII sends it (httpx's json= cannot send a
+    lone surrogate)."""
+    return json.dumps(body).encode()
+
+
+@pytest.mark.anyio
+async def test_methods_a_route_does_not_answer_get_405_in_its_format(stack):
+    client, inner, registry = stack
+    async with client:
+        get_chat = await client.get("/v1/chat/completions", headers=bearer(BETA))
+        delete_models = await client.delete("/v1/models", headers=bearer(BETA))
+        head_health = await client.head("/health")
+        get_google = await client.get(f"/v1beta/models/{MODEL}:generateContent")
+    assert get_chat.status_code == delete_models.status_code == 405
+    assert head_health.status_code == get_google.status_code == 405
+    assert get_chat.headers["allow"] == "POST"
+    assert get_chat.json()["error"]["code"] == "method_not_allowed"
+    assert delete_models.headers["allow"] == "GET"
+    assert get_google.json()["error"] == {
+        "code": 405,
+        "message": "Use POST.",
+        "status": "UNIMPLEMENTED",
+    }
+    assert inner.seen == []
+    assert sample(registry, "qwenvl_rejections_total", reason="route") == 4

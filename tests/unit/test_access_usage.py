@@ -163,8 +163,11 @@ def test_openai_request_facts():
         ({"max_completion_tokens": 9, "max_tokens": 99}, 9),
         ({"max_tokens": 99}, 99),
         ({}, 0),
-        ({"max_tokens": "99"}, 0),
-        ({"max_tokens": True}, 0),
+        ({"max_completion_tokens": None, "max_tokens": 900}, 900),
+        # Read as vLLM's pydantic models read them (lax), so none slips past the tpm check.
+        ({"max_tokens": "99"}, 99),
+        ({"max_tokens": 99.0}, 99),
+        ({"max_tokens": "lots"}, 0),  # vLLM refuses it itself
         ({"max_tokens": -1}, 0),
     ],
 )
@@ -200,6 +203,43 @@ def test_google_request_facts():
         max_tokens=128, images=2, stream=True
     )
     assert not request_facts("generate_content", body, "/v1/models/m:generateContent").stream
+
+
+def test_google_request_facts_in_snake_case_and_proto3_strings():
+    body = {
+        "contents": [{"parts": [{"file_data": {"file_uri": "https://x/cat.jpg"}}]}],
+        "generation_config": {"max_output_tokens": "64"},
+    }
+    facts = request_facts("generate_content", body, "/v1/models/m:generateContent")
+    assert (facts.max_tokens, facts.images) == (64, 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "stream", "usage_requested"),
+    [
+        ({"stream": True}, True, False),
+        ({"stream": 1}, True, False),
+        ({"stream": "true"}, True, False),
+        ({"stream": "no"}, False, False),
+        ({"stream": [1]}, False, False),
+        ({"stream": 1, "stream_options": {"include_usage": "true"}}, True, True),
+        ({"stream": 1, "stream_options": {"include_usage": 0}}, True, False),
+    ],
+)
+def test_stream_flags_are_read_as_vllm_reads_them(fields, stream, usage_requested):
+    facts = request_facts("chat_completions", chat(**fields), "/v1/chat/completions")
+    assert (facts.stream, facts.usage_requested) == (stream, usage_requested)
+
+
+def test_every_image_part_vllm_reads_is_counted():
+    content = [
+        {"type": "image_url", "image_url": {"url": "data:a"}},
+        {"type": "input_image", "image_url": "data:b"},
+        {"image_url": {"url": "data:c"}},  # no type: vLLM reads it by its key
+        {"type": "text", "text": "what is this"},
+    ]
+    body = {"messages": [{"role": "user", "content": content}]}
+    assert request_facts("chat_completions", body, "/v1/chat/completions").images == 3
 
 
 @pytest.mark.parametrize("raw", [b"", b"[]", b"{bad", b"\xff", b'"text"'])

@@ -121,3 +121,14 @@ def test_empty_file_only_lacks_the_model(tmp_path: Path):
     with pytest.raises(ConfigError, match="model: required key is missing"):
         load_config(empty)
     assert load_config(empty, ["model=m"]).model == "m"
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["metrics.token=Sup3rS3cretTok", 'auth.keys=[{"name": "app", "key": "Sup3rS3cretTok"}]'],
+)
+def test_errors_about_secrets_never_echo_them(override: str):
+    with pytest.raises(ConfigError) as refused:
+        resolve_config(MINIMAL, [override])
+    assert "Sup3rS3cretTok" not in str(refused.value)
+    assert "(hidden)" in str(refused.value)
