@@ -82,7 +82,12 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
         print(reference, end="")
         return 0
     document: Path = args.update
-    document.write_text(replace_reference(document.read_text(), reference))
+    try:
+        document.write_text(replace_reference(document.read_text(encoding="utf-8"), reference))
+    except OSError as exc:
+        raise UserError(f"cannot update {document}: {exc.strerror}") from None
+    except ValueError as exc:  # not UTF-8, or no reference markers
+        raise UserError(f"cannot update {document}: {exc}") from None
     return 0
 
 

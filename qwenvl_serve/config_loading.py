@@ -45,11 +45,17 @@ def parse_yaml_document(text: str, source: str) -> dict[str, Any]:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML config file into a plain mapping (no validation yet)."""
+    return parse_yaml_document(read_text_file(path, "config file"), str(path))
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; ConfigError naming ``what`` it is when unreadable."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    return parse_yaml_document(text, str(path))
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {what} {path}: it is not UTF-8 text") from None
 
 
 def parse_override(assignment: str) -> tuple[list[str], Any]:

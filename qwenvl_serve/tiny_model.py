@@ -51,6 +51,8 @@ VISION_CONFIG: dict[str, Any] = {
 IMAGE_MIN_PIXELS = 65_536
 IMAGE_MAX_PIXELS = 16_777_216
 RANDOM_SEED = 0
+# Marks a directory as a checkpoint this module wrote, so a rebuild may replace it.
+MARKER_FILE = ".qwenvl-serve-tiny-model"
 
 
 class TinyModelError(UserError, RuntimeError):
@@ -93,6 +95,7 @@ def build_tiny_model(out_dir: Path) -> Path:
         ) from exc
 
     out_dir = out_dir.resolve()
+    _check_replaceable(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -127,7 +130,21 @@ def build_tiny_model(out_dir: Path) -> Path:
     )
     processor.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    (staging / MARKER_FILE).write_text("written by `qwenvl-serve make-tiny-model`\n")
 
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_dir
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a directory that holds anything but an earlier tiny checkpoint."""
+    if out_dir.is_file():
+        raise TinyModelError(f"{out_dir} is a file; give a directory")
+    if not out_dir.is_dir() or (out_dir / MARKER_FILE).is_file():
+        return
+    if any(out_dir.iterdir()):
+        raise TinyModelError(
+            f"{out_dir} is not empty and holds no tiny checkpoint of ours: "
+            "give a new or empty directory (its files would be replaced)"
+        )

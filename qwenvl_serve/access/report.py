@@ -81,7 +81,10 @@ def parse_since(text: str, now: datetime) -> datetime:
     relative = _RELATIVE.match(text.strip())
     if relative:
         amount, unit = int(relative.group(1)), _UNITS[relative.group(2)]
-        return now - timedelta(**{unit: amount})
+        try:
+            return now - timedelta(**{unit: amount})
+        except OverflowError:  # further back than datetime reaches: everything counts
+            return datetime.min.replace(tzinfo=UTC)
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -177,7 +180,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageCommandError(str(exc)) from None
     try:
-        text = path.read_text(encoding="utf-8")
+        # Undecodable bytes become U+FFFD: such a line is not a record and is skipped.
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise UsageCommandError(f"cannot read usage log {path}: {exc.strerror}") from None
     entries, skipped = parse_entries(text.splitlines())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,9 +16,10 @@ from typing import Any, TypeVar
 from qwenvl_serve.bench.driver import BenchSettings, run_bench
 from qwenvl_serve.bench.errors import BenchUsageError
 from qwenvl_serve.bench.results import BenchResult
-from qwenvl_serve.bench.runner import LoadPoint, RunSettings, parse_target
+from qwenvl_serve.bench.runner import LoadPoint, RunSettings, Target, parse_target
 from qwenvl_serve.bench.slo import SLO_METRICS, parse_slo
 from qwenvl_serve.bench.workloads import (
+    COPY_STRIDE,
     DEFAULT_IMAGE_PROMPT,
     DEFAULT_TEXT_PROMPT,
     WORKLOAD_KINDS,
@@ -31,7 +34,11 @@ Load-test one or more OpenAI-compatible servers with streaming chat requests and
 TTFT, ITL, TPOT, end-to-end latency (mean, p50, p90, p99), requests/s, output tokens/s,
 errors by status and goodput under SLOs. Several targets are measured in interleaved
 blocks (A B A B ...) and compared with the first (or --baseline). Every request is unique,
-so vLLM's image and prefix caches do not flatter the numbers."""
+so vLLM's image and prefix caches do not flatter the numbers.
+
+Exit status: 0 when every target completed requests at every load point; 1 when a target
+completed none at some load point (the report and --out files are still written); 2 for
+a usage error, found before anything is sent; 130 when interrupted."""
 
 
 def _parsed(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -53,21 +60,15 @@ def _concurrency_list(text: str) -> list[int]:
     return values
 
 
-def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
-    def convert(text: str) -> float:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(f"{text!r} must be positive")
-        return value
-
-    return convert
+def _check_positive(option: str, value: float | None) -> None:
+    # `not value > 0` also refuses nan; inf would make a block or a sleep last forever
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise BenchUsageError(f"{option} must be a positive finite number, not {value:g}")
 
 
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError(f"{text!r} must be zero or more")
-    return value
+def _check_non_negative(option: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise BenchUsageError(f"{option} must be zero or a positive finite number, not {value:g}")
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -85,7 +86,6 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         dest="targets",
         action="append",
         required=True,
-        type=_parsed(parse_target),
         metavar="NAME=URL",
         help="a server to measure, e.g. ours=http://127.0.0.1:8000 (repeatable)",
     )
@@ -164,7 +164,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     load.add_argument(
         "--rate",
-        type=_parsed(_positive(float)),
+        type=float,
         metavar="PER_SECOND",
         help="Poisson arrivals at this many requests per second (open loop)",
     )
@@ -177,7 +177,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     amount.add_argument(
         "--duration",
-        type=_parsed(_positive(float)),
+        type=float,
         metavar="SECONDS",
         help="measure for this long per target and load point instead",
     )
@@ -197,7 +197,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     load.add_argument(
         "--pause-ms",
-        type=_parsed(_non_negative),
+        type=float,
         default=0.0,
         metavar="MS",
         help="quiet time before each block, so one target's idle-time work (a CPU vLLM "
@@ -205,7 +205,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     load.add_argument(
         "--probe-interval-ms",
-        type=_parsed(_positive(float)),
+        type=float,
         metavar="MS",
         help="also send a small text-only probe this often and report its latency",
     )
@@ -221,7 +221,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     load.add_argument(
         "--timeout",
-        type=_parsed(_positive(float)),
+        type=float,
         default=300.0,
         metavar="SECONDS",
         help="per-request timeout (default: 300)",
@@ -236,7 +236,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     """Validated settings; a :class:`BenchUsageError` for combinations that cannot work."""
-    names = [target.name for target in args.targets]
+    targets = _targets(args.targets)
+    names = [target.name for target in targets]
     if len(set(names)) != len(names):
         raise BenchUsageError("target names must differ")
     if args.baseline is not None and args.baseline not in names:
@@ -251,6 +252,11 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
                                  ("--probe-max-tokens", args.probe_max_tokens, 1)):  # fmt: skip
         if value < least:
             raise BenchUsageError(f"{option} must be at least {least}")
+    for option, value in (("--rate", args.rate), ("--duration", args.duration),
+                          ("--probe-interval-ms", args.probe_interval_ms),
+                          ("--timeout", args.timeout)):  # fmt: skip
+        _check_positive(option, value)
+    _check_non_negative("--pause-ms", args.pause_ms)
     if args.requests is not None and args.requests < 1:
         raise BenchUsageError("--requests must be at least 1")
     if not 0 <= args.text_fraction <= 1:
@@ -265,6 +271,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         concurrencies = [args.concurrency[0] if args.concurrency else None]
     else:
         concurrencies = list(args.concurrency or [1])
+    _check_request_total(args.warmup, requests, len(concurrencies))
     workload = WorkloadSettings(
         kind=args.workload,
         image_sizes=tuple(args.image_sizes or [(640, 480)]),
@@ -285,7 +292,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         pause_s=args.pause_ms / 1000,
     )
     return BenchSettings(
-        targets=list(args.targets),
+        targets=targets,
         workload=workload,
         run=run,
         points=[LoadPoint(concurrency, args.rate) for concurrency in concurrencies],
@@ -300,6 +307,53 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         headers=dict(args.headers),
         progress=not args.no_progress,
     )
+
+
+def _targets(texts: list[str]) -> list[Target]:
+    """``--target`` values parsed; a bad one is a usage error before anything is sent."""
+    try:
+        return [parse_target(text) for text in texts]
+    except ValueError as exc:
+        raise BenchUsageError(f"--target: {exc}") from None
+
+
+def _check_request_total(warmup: int, requests: int | None, points: int) -> None:
+    """Requests of a target are encoded before the run: cap how many that may be."""
+    total = warmup + (requests or 0) * points
+    if total > COPY_STRIDE:
+        raise BenchUsageError(
+            f"at most {COPY_STRIDE} requests per target in all (--warmup + --requests "
+            f"x load points = {total}); use --duration for longer runs"
+        )
+
+
+def prepare_out_dir(directory: Path) -> None:
+    """Create ``directory`` (and parents) and check that files can be written there.
+
+    Done before the run so that a mistyped ``--out`` costs a second, not a whole run.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise BenchUsageError(f"--out {directory}: exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BenchUsageError(f"--out {directory}: cannot write there ({reason})") from None
+
+
+def failed_targets(result: BenchResult) -> list[str]:
+    """``name`` (or ``name at <load point>``) for each target that completed no request
+    at a load point; a whole-run failure of a target is named once."""
+    failed = []
+    for name in result.targets:
+        points = [p.label for p in result.points if p.summaries[name].completed == 0]
+        if len(points) == len(result.points):
+            failed.append(name)
+        else:
+            failed += [f"{name} at {label}" for label in points]
+    return failed
 
 
 def write_outputs(result: BenchResult, markdown: str, directory: Path) -> list[Path]:
@@ -322,6 +376,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from qwenvl_serve.bench.report import render_markdown
 
     settings = settings_from_args(args)
+    if args.out is not None:
+        prepare_out_dir(args.out)
     argv = sys.argv[sys.argv.index("bench") + 1 :] if "bench" in sys.argv else []
     command = shlex.join(["qwenvl-serve", "bench", *argv])
     result = asyncio.run(run_bench(settings, command))
@@ -330,8 +386,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.out is not None:
         for path in write_outputs(result, markdown, args.out):
             print(f"wrote {path}", file=sys.stderr)
-    completed = sum(s.completed for point in result.points for s in point.summaries.values())
-    return 0 if completed else 1
+    failed = failed_targets(result)
+    if failed:
+        print(f"qwenvl-serve: bench: no request completed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def register_bench(commands: Any) -> None:

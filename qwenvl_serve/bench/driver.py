@@ -27,17 +27,16 @@ from qwenvl_serve.bench.runner import (
 )
 from qwenvl_serve.bench.slo import Slo
 from qwenvl_serve.bench.workloads import (
-    COPY_STRIDE,
     DEFAULT_TEXT_PROMPT,
     RequestSpec,
     WorkloadSettings,
     chat_body,
     probe_request,
     request_factory,
-    workload_copy,
+    request_number,
 )
 
-PROBE_POOL = 4096  # probes are tiny; enough for hours at one probe every 250 ms per block
+PROBE_POOL = 4096  # probes prepared up front; later ones are made as they are sent
 
 
 @dataclass(frozen=True)
@@ -72,27 +71,40 @@ def workload_size(settings: BenchSettings) -> int:
 def prepare_loads(
     settings: BenchSettings, model: str, factory: Callable[[int], RequestSpec]
 ) -> list[TargetLoad]:
-    """Each target's own copy of the workload, encoded once before any clock starts."""
-    count = workload_size(settings)
+    """Each target's own copy of the workload, encoded once before any clock starts.
+
+    With ``--duration`` nobody knows how many requests a target will take: a pool is
+    encoded up front and the runner makes more as needed (``TargetLoad.make``), each
+    one new. Request ``i`` has the same shape for every target, as with a count.
+    """
+    copies = len(settings.targets)
+    timed = settings.run.requests is None
     probes = PROBE_POOL if settings.run.probe_interval_s else 0
     loads = []
-    for copy, target in enumerate(settings.targets):
-        specs = workload_copy(factory, copy, count)
-        requests = [
-            Prepared(spec.label, chat_body(spec, model, settings.max_tokens, settings.ignore_eos))
-            for spec in specs
-        ]
-        probe_specs = [
-            probe_request(settings.workload.seed, copy * COPY_STRIDE + index, settings.probe_prompt)
-            for index in range(probes)
-        ]
-        prepared_probes = [
-            Prepared(
-                "probe", chat_body(spec, model, settings.probe_max_tokens, settings.ignore_eos)
+    for copy in range(copies):
+
+        def make(index: int, copy: int = copy) -> Prepared:
+            spec = factory(request_number(copy, index, copies))
+            return Prepared(
+                spec.label, chat_body(spec, model, settings.max_tokens, settings.ignore_eos)
             )
-            for spec in probe_specs
-        ]
-        loads.append(TargetLoad(target, requests, prepared_probes))
+
+        def make_probe(index: int, copy: int = copy) -> Prepared:
+            number = request_number(copy, index, copies)
+            spec = probe_request(settings.workload.seed, number, settings.probe_prompt)
+            body = chat_body(spec, model, settings.probe_max_tokens, settings.ignore_eos)
+            return Prepared("probe", body)
+
+        requests = [make(index) for index in range(workload_size(settings))]
+        loads.append(
+            TargetLoad(
+                settings.targets[copy],
+                requests,
+                [make_probe(index) for index in range(probes)],
+                make=make if timed else None,
+                make_probe=make_probe if probes else None,
+            )
+        )
     return loads
 
 

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -21,6 +22,10 @@ from qwenvl_serve.bench.metrics import RequestRecord
 from qwenvl_serve.bench.schedule import Block, interleaved_blocks, poisson_offsets
 
 OnDone = Callable[[RequestRecord], None]
+# Before a timed block, build twice as many requests as the busiest earlier block of that
+# target took; more are built while the clock runs only if the server got much faster.
+AHEAD_FACTOR = 2
+AHEAD_MAX_BYTES = 256 * 2**20  # per target
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,32 @@ class Target:
 def parse_target(text: str) -> Target:
     """``"ours=http://127.0.0.1:8000"`` -> ``Target``; ``ValueError`` otherwise."""
     name, separator, url = text.partition("=")
-    if not separator or not name.strip() or not url.startswith(("http://", "https://")):
+    name, url = name.strip(), url.strip()
+    if not separator or not name:
         raise ValueError(f"target {text!r}: expected NAME=http://HOST:PORT")
-    return Target(name.strip(), url.strip())
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(f"target {text!r}: {problem}")
+    return Target(name, url)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a server's base URL, or ``None`` when it can."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "expected an http:// or https:// URL"
+    if not parts.hostname:
+        return "the URL has no host"
+    try:
+        port = parts.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "the port must be a number from 1 to 65535"
+    return None
 
 
 @dataclass(frozen=True)
@@ -55,13 +83,22 @@ class Prepared:
     body: bytes
 
 
+Make = Callable[[int], Prepared]
+
+
 @dataclass(frozen=True)
 class TargetLoad:
-    """A target with its own copy of the workload: warm-up requests first, then measured ones."""
+    """A target with its own copy of the workload: warm-up requests first, then measured ones.
+
+    ``make`` and ``make_probe`` build request (probe) number ``index`` past the prepared
+    ones; without them a target cannot be sent more than was prepared.
+    """
 
     target: Target
     requests: Sequence[Prepared]
     probes: Sequence[Prepared] = ()
+    make: Make | None = None
+    make_probe: Make | None = None
 
 
 @dataclass(frozen=True)
@@ -101,21 +138,58 @@ class Measured:
 @dataclass
 class Cursor:
     """Where one target is in its own workload; it only moves forward, so no request
-    is sent twice to the same target (which would measure vLLM's caches instead)."""
+    is sent twice to the same target (which would measure vLLM's caches instead).
+
+    Past the prepared requests it builds the next ones with the load's ``make``; those
+    built ahead of time by :meth:`prepare_ahead` wait in ``ahead`` until taken.
+    """
 
     load: TargetLoad
     next_request: int = 0
     next_probe: int = 0
+    ahead: dict[int, Prepared] = field(default_factory=dict)
 
     def take(self) -> tuple[int, Prepared]:
+        """The next request and its number."""
         index = self.next_request
         self.next_request += 1
-        return index, self.load.requests[index % len(self.load.requests)]
+        prepared = self.load.requests
+        if index < len(prepared):
+            return index, prepared[index]
+        if index in self.ahead:
+            return index, self.ahead.pop(index)
+        return index, _build(self.load.make, index, f"{self.load.target.name} requests")
 
     def take_probe(self) -> tuple[int, Prepared]:
+        """The next probe and its number."""
         index = self.next_probe
         self.next_probe += 1
-        return index, self.load.probes[index % len(self.load.probes)]
+        if index < len(self.load.probes):
+            return index, self.load.probes[index]
+        return index, _build(self.load.make_probe, index, f"{self.load.target.name} probes")
+
+    def ready(self) -> int:
+        """Requests that can be taken without building one."""
+        return max(0, len(self.load.requests) - self.next_request) + len(self.ahead)
+
+    def prepare_ahead(self, count: int, max_bytes: int = AHEAD_MAX_BYTES) -> None:
+        """Build requests until ``count`` are ready, so that a block does not wait for
+        encoding (a new photo per request) while its clock runs; stop early once those
+        built ahead hold ``max_bytes`` (12 MP photos take megabytes each)."""
+        if self.load.make is None:
+            return
+        index = max(self.next_request, len(self.load.requests)) + len(self.ahead)
+        held = sum(len(request.body) for request in self.ahead.values())
+        while self.ready() < count and held < max_bytes:
+            self.ahead[index] = self.load.make(index)
+            held += len(self.ahead[index].body)
+            index += 1
+
+
+def _build(make: Make | None, index: int, what: str) -> Prepared:
+    if make is None:  # a caller prepared too few and gave no way to make more
+        raise IndexError(f"{what}: number {index} was not prepared")
+    return make(index)
 
 
 async def _send(
@@ -239,11 +313,16 @@ async def run_point(
     blocks = interleaved_blocks(
         len(cursors), settings.rounds, settings.requests, settings.duration_s
     )
+    most_per_block = dict.fromkeys(results, 0)
     for block in blocks:
         cursor = cursors[block.target]
+        name = cursor.load.target.name
+        if block.seconds is not None:  # a timed block takes as many as the server allows
+            cursor.prepare_ahead(AHEAD_FACTOR * most_per_block[name])
         await asyncio.sleep(settings.pause_s)
         records, probes, seconds = await _run_block(client, cursor, block, point, settings, on_done)
-        measured = results[cursor.load.target.name]
+        most_per_block[name] = max(most_per_block[name], len(records))
+        measured = results[name]
         measured.records += records
         measured.probes += probes
         measured.seconds += seconds

@@ -156,32 +156,57 @@ def encode_jpeg(photo: Image.Image, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def synthetic_images(sizes: Sequence[tuple[int, int]], seed: int) -> Callable[[int], ImageFile]:
-    """Image ``index``: a synthetic photo of size ``sizes[index % len]``, marked as unique.
+ImageSource = Callable[[int, int], ImageFile]  # (shape index, unique index) -> image
+
+
+def synthetic_images(sizes: Sequence[tuple[int, int]], seed: int) -> ImageSource:
+    """A synthetic photo of size ``sizes[shape % len]``, marked with ``unique``.
 
     One base photo is drawn per size (drawing a 12 MP photo takes seconds) and each
     request gets a copy with its own mark, re-encoded as JPEG.
     """
     bases: dict[tuple[int, int], Image.Image] = {}
 
-    def image(index: int) -> ImageFile:
-        size = sizes[index % len(sizes)]
+    def image(shape: int, unique: int) -> ImageFile:
+        size = sizes[shape % len(sizes)]
         if size not in bases:
             bases[size] = synthetic_photo(*size, seed=seed)
-        data = encode_jpeg(marked_copy(bases[size], index))
+        data = encode_jpeg(marked_copy(bases[size], unique))
         return ImageFile(data, "image/jpeg", f"{size[0]}x{size[1]}")
 
     return image
 
 
-def directory_images(directory: Path) -> Callable[[int], ImageFile]:
-    """Image ``index``: the files of ``directory`` in name order, cycled."""
-    files = sorted(path for path in directory.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(directory: Path) -> list[Path]:
+    """The readable image files of ``directory`` in name order; ``ValueError`` otherwise.
+
+    Only regular files count: a subdirectory named ``x.jpg``, a dangling ``x.png`` link
+    or a FIFO are not images and are left out. A regular image file that cannot be read
+    is an error, not skipped: measuring a different set than the one asked for would
+    go unnoticed.
+    """
+    try:
+        named = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = [path for path in named if path.is_file()]
+    except OSError as exc:
+        raise ValueError(f"{directory}: cannot list it ({exc.strerror})") from None
+    for path in files:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read it ({exc.strerror})") from None
     if not files:
         raise ValueError(f"{directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
 
-    def image(index: int) -> ImageFile:
-        path = files[index % len(files)]
+
+def directory_images(directory: Path) -> ImageSource:
+    """The files of ``directory`` in name order, cycled by shape index (sent as they are)."""
+    files = image_files(directory)
+
+    def image(shape: int, unique: int) -> ImageFile:
+        path = files[shape % len(files)]
         return ImageFile(path.read_bytes(), IMAGE_SUFFIXES[path.suffix.lower()], path.name)
 
     return image
@@ -199,12 +224,16 @@ def request_factory(settings: WorkloadSettings) -> Callable[[int], RequestSpec]:
         image_for = synthetic_images(settings.image_sizes, settings.seed)
 
     def request(index: int) -> RequestSpec:
+        # Shapes (text or image, size, file) follow the position within a copy, so every
+        # copy (one per target) is the same sequence of shapes; text and pixels follow
+        # the whole number, so no two requests are equal.
+        position = index % COPY_STRIDE
         if settings.kind == "mix":
-            chooser = random.Random(f"{settings.seed}-{index}")  # noqa: S311 - not a secret
+            chooser = random.Random(f"{settings.seed}-{position}")  # noqa: S311 - not a secret
             if chooser.random() < settings.text_fraction:
                 return text_request(settings.seed, index, settings.text_prompt)
         per = settings.images_per_request
-        images = [image_for(index * per + offset) for offset in range(per)]
+        images = [image_for(position * per + extra, index * per + extra) for extra in range(per)]
         return image_request(settings.seed, index, settings.image_prompt, images)
 
     return request
@@ -222,3 +251,14 @@ def workload_copy(
     if count > COPY_STRIDE:
         raise ValueError(f"at most {COPY_STRIDE} requests per copy")
     return [factory(copy * COPY_STRIDE + index) for index in range(count)]
+
+
+def request_number(copy: int, index: int, copies: int) -> int:
+    """The factory number of request ``index`` of copy ``copy`` out of ``copies``.
+
+    The first :data:`COPY_STRIDE` requests are numbered as in :func:`workload_copy`; a
+    long ``--duration`` run goes on in further stripes of :data:`COPY_STRIDE` numbers,
+    one per copy, so no two requests of any copies ever share a number.
+    """
+    stripe, position = divmod(index, COPY_STRIDE)
+    return (stripe * copies + copy) * COPY_STRIDE + position

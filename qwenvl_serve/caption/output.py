@@ -13,6 +13,7 @@ from typing import TextIO
 from qwenvl_serve.caption.batches import BatchKey
 from qwenvl_serve.caption.discovery import CaptionInputError
 from qwenvl_serve.caption.results import (
+    CSV_ENCODING_ERRORS,
     CSV_FIELDS,
     ForeignOutputError,
     OutputFormat,
@@ -63,7 +64,7 @@ def open_output(path: Path | None) -> Iterator[OpenOutput]:
         raise CaptionInputError(str(exc)) from None
     try:
         done = _keep_finished_rows(path, fmt)
-        stream = path.open("a", encoding="utf-8", newline="")
+        stream = path.open("a", encoding="utf-8", errors=_errors(fmt), newline="")
     except OSError as exc:
         raise CaptionInputError(f"cannot write {path}: {exc.strerror}") from None
     with stream:
@@ -72,16 +73,22 @@ def open_output(path: Path | None) -> Iterator[OpenOutput]:
         yield OpenOutput(RowWriter(stream, fmt), done)
 
 
+def _errors(fmt: OutputFormat) -> str:
+    # CSV keeps a non-UTF-8 filename as its own bytes, both ways; JSON Lines carries it
+    # as a \u escape, so its files are plain UTF-8 and read strictly.
+    return CSV_ENCODING_ERRORS if fmt == "csv" else "strict"
+
+
 def _keep_finished_rows(path: Path, fmt: OutputFormat) -> frozenset[BatchKey]:
     if not path.exists():
         return frozenset()
     try:
-        existing = read_existing(path.read_text(encoding="utf-8"), fmt)
+        existing = read_existing(path.read_text(encoding="utf-8", errors=_errors(fmt)), fmt)
     except (ForeignOutputError, UnicodeDecodeError) as exc:
         raise CaptionInputError(
             f"{path} was not written by `qwenvl-serve caption` ({exc}); choose another --out"
         ) from None
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(existing.kept_text, encoding="utf-8", newline="")
+    temporary.write_text(existing.kept_text, encoding="utf-8", errors=_errors(fmt), newline="")
     os.replace(temporary, path)
     return existing.done

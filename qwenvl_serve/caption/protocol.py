@@ -46,21 +46,37 @@ class UnexpectedAnswerError(ValueError):
 
 
 def parse_completion(body: object) -> Completion:
-    """The caption, token counts and finish reason from a chat-completions answer."""
-    try:
-        choice = body["choices"][0]  # type: ignore[index]
-        text = choice["message"]["content"]
-        usage = body.get("usage") or {}  # type: ignore[attr-defined]
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise UnexpectedAnswerError("the server's answer is not a chat completion") from exc
+    """The caption, token counts and finish reason from a chat-completions answer.
+
+    Each level's type is checked, since a server or proxy may answer with any JSON:
+    what is not a chat completion raises :class:`UnexpectedAnswerError`, which the
+    caller records as the image's error.
+    """
+    choice = _first_choice(body)
+    message = choice.get("message") if choice is not None else None
+    if choice is None or not isinstance(message, dict):
+        raise UnexpectedAnswerError("the server's answer is not a chat completion")
+    text = message.get("content")
     if not isinstance(text, str):
         raise UnexpectedAnswerError("the server's answer has no text")
+    # Usage and the finish reason are extras: a wrong shape just leaves them empty.
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        usage = {}
+    finish_reason = choice.get("finish_reason")
     return Completion(
         text=text.strip(),
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        finish_reason=choice.get("finish_reason"),
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
     )
+
+
+def _first_choice(body: object) -> dict[str, Any] | None:
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    return choices[0]
 
 
 def model_ids(body: object) -> list[str]:

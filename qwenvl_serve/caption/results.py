@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,8 +26,17 @@ CSV_FIELDS = (
     "completion_tokens",
     "finish_reason",
 )
-# How a group's paths share the one CSV cell.
+# How a group's paths share the one CSV cell. A path that contains it (or a cell that
+# would start with "[") is written as a JSON list instead, so the cell reads back exactly.
 CSV_PATH_SEPARATOR = "|"
+# Characters a JSON line carries as \u escapes: lone surrogates (a non-UTF-8 filename,
+# as Python decodes it) cannot be written as UTF-8 at all, and the Unicode line breaks
+# would split the line for readers that use str.splitlines.
+_JSONL_ESCAPED = re.compile("[\ud800-\udfff\u2028\u2029\x85]")
+# Lone surrogates that the "surrogateescape" error handler cannot write back as bytes.
+_NOT_CSV_WRITABLE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+# How CSV output is encoded: a non-UTF-8 filename goes back to its own bytes.
+CSV_ENCODING_ERRORS = "surrogateescape"
 
 
 @dataclass(frozen=True)
@@ -68,13 +78,14 @@ def jsonl_line(row: ResultRow) -> str:
         "completion_tokens": row.completion_tokens,
         "finish_reason": row.finish_reason,
     }
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    text = json.dumps(record, ensure_ascii=False)
+    return _JSONL_ESCAPED.sub(lambda found: f"\\u{ord(found.group()):04x}", text) + "\n"
 
 
 def csv_cells(row: ResultRow) -> list[str]:
     """The row's CSV cells, in :data:`CSV_FIELDS` order; empty cells for missing values."""
     values = (
-        CSV_PATH_SEPARATOR.join(row.images),
+        images_cell(row.images),
         row.caption,
         row.error,
         row.model,
@@ -82,7 +93,35 @@ def csv_cells(row: ResultRow) -> list[str]:
         row.completion_tokens,
         row.finish_reason,
     )
-    return ["" if value is None else str(value) for value in values]
+    return ["" if value is None else _csv_writable(str(value)) for value in values]
+
+
+def _csv_writable(text: str) -> str:
+    # Only a surrogate that no filename byte decodes to is lost (to U+FFFD), so that
+    # writing never fails; the bytes of a non-UTF-8 filename are kept.
+    return _NOT_CSV_WRITABLE.sub("\ufffd", text)
+
+
+def images_cell(images: Sequence[str]) -> str:
+    """A batch's paths in one CSV cell: joined with ``|``, or a JSON list when that
+    would not read back exactly (a path holding ``|``, or a cell starting with ``[``)."""
+    joined = CSV_PATH_SEPARATOR.join(images)
+    if any(CSV_PATH_SEPARATOR in image for image in images) or joined.startswith("["):
+        return json.dumps(list(images), ensure_ascii=False)
+    return joined
+
+
+def images_from_cell(cell: str) -> list[str]:
+    """The paths of an images cell, as :func:`images_cell` wrote them (or earlier
+    versions, which always joined with ``|``)."""
+    if cell.startswith("["):
+        try:
+            listed = json.loads(cell)
+        except (ValueError, RecursionError):
+            listed = None  # a plain path that starts with "["
+        if isinstance(listed, list) and listed and all(isinstance(p, str) for p in listed):
+            return listed
+    return cell.split(CSV_PATH_SEPARATOR)
 
 
 def csv_text(rows: Iterable[Sequence[str]]) -> str:
@@ -121,13 +160,15 @@ def read_existing(text: str, fmt: OutputFormat) -> ExistingOutput:
 def _read_jsonl(text: str) -> ExistingOutput:
     done: set[BatchKey] = set()
     kept: list[str] = []
-    lines = text.splitlines()
+    # Only "\n" ends a row: captions and paths may hold other characters that
+    # str.splitlines treats as line breaks (U+2028, U+2029, U+0085, ...).
+    lines = text.split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             if number == len(lines) and not text.endswith("\n"):
                 continue  # the last row of an interrupted run
             raise ForeignOutputError(f"line {number} is not JSON") from None
@@ -157,6 +198,6 @@ def _read_csv(text: str) -> ExistingOutput:
     for cells in rows[1:]:
         if len(cells) != len(CSV_FIELDS) or cells[column["error"]] or not cells[column["images"]]:
             continue
-        done.add(tuple(path_key(p) for p in cells[column["images"]].split(CSV_PATH_SEPARATOR)))
+        done.add(tuple(path_key(p) for p in images_from_cell(cells[column["images"]])))
         kept.append(cells)
     return ExistingOutput(frozenset(done), csv_text(kept))

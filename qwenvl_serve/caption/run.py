@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from qwenvl_serve.caption.batches import Batch, plan_batches
-from qwenvl_serve.caption.command import API_KEY_VARIABLES
-from qwenvl_serve.caption.discovery import discover_images
+from qwenvl_serve.caption.command import API_KEY_VARIABLES, DEFAULT_BASE_URL
+from qwenvl_serve.caption.discovery import CaptionInputError, discover_images
 from qwenvl_serve.caption.output import open_output
 from qwenvl_serve.caption.progress import ProgressBar
 from qwenvl_serve.caption.prompts import Language, Style, style_prompt
@@ -33,6 +33,26 @@ def api_key_from(given: str | None, environ: Mapping[str, str]) -> str | None:
     if given:
         return given
     return next((environ[name] for name in API_KEY_VARIABLES if environ.get(name)), None)
+
+
+def checked_base_url(text: str) -> str:
+    """``--base-url`` if it is an http(s) URL with a host and a usable port.
+
+    Checked before anything is read or sent, since a bad one would otherwise only
+    fail deep inside the connection (a port over 65535 is an ``OverflowError`` there).
+    """
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise CaptionInputError(f"--base-url is not a valid URL ({exc}): {text}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise CaptionInputError(
+            f"--base-url must be an http:// or https:// URL with a host, "
+            f"like {DEFAULT_BASE_URL}: {text}"
+        )
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise CaptionInputError(f"--base-url has a port outside 1-65535: {text}")
+    return text
 
 
 def prompt_chooser(prompt: str | None, style: Style, language: Language) -> Callable[[int], str]:
@@ -70,7 +90,7 @@ class CaptionOptions:
             paths=args.paths,
             recursive=args.recursive,
             prompt_for=prompt_chooser(args.prompt, args.style, args.lang),
-            base_url=args.base_url,
+            base_url=checked_base_url(args.base_url),
             api_key=api_key_from(args.api_key, environ),
             model=args.model,
             max_tokens=args.max_tokens,

@@ -133,7 +133,7 @@ async def resolve_model(calling: Calling, note: Callable[[str], None], wanted: s
 def _json_or_none(response: httpx.Response) -> object:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
         return None
 
 

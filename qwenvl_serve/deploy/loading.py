@@ -20,6 +20,7 @@ from qwenvl_serve.config_loading import (
     ConfigError,
     expand_env,
     parse_yaml_document,
+    read_text_file,
     resolve_config,
 )
 from qwenvl_serve.deploy.config import DeploymentConfig, ModelEntry, Replica
@@ -67,10 +68,7 @@ def render_environ(text: str, environ: Mapping[str, str]) -> dict[str, str]:
 def load_deployment(path: Path, environ: Mapping[str, str]) -> Deployment:
     """Read the deployment file and every instance config it names, and validate all."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DeploymentError(f"cannot read deployment file {path}: {exc.strerror}") from None
-    try:
+        text = read_text_file(path, "deployment file")
         tree = expand_env(parse_yaml_document(text, str(path)), environ)
     except ConfigError as exc:
         raise DeploymentError(str(exc)) from None
@@ -94,10 +92,7 @@ def load_model(entry: ModelEntry, base: Path, environ: Mapping[str, str]) -> Dep
     config_path = entry.config if entry.config.is_absolute() else base / entry.config
     where = f"models[{entry.name}]"
     try:
-        text = config_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DeploymentError(f"{where}: cannot read {config_path}: {exc.strerror}") from None
-    try:
+        text = read_text_file(config_path, "config file")
         data = parse_yaml_document(text, str(config_path))
         rendering = render_environ(text, environ)
         instance = resolve_config(data, (), rendering)

@@ -15,14 +15,16 @@ from qwenvl_serve.deploy.systemd import render_systemd
 from qwenvl_serve.errors import UserError
 
 NGINX_FILE = "nginx/qwenvl-serve.conf"
-# Directories under --out that `render` owns outright: stale files there are removed.
+# Directories under --out where `render` writes; of the files already there, only those
+# starting with RENDERED_MARK (files it wrote) are its own, to replace or remove.
 OWNED_DIRS = ("nginx", "systemd")
+RENDERED_MARK = b"# Rendered by `qwenvl-serve render`"
 
 RENDER_HELP = (
     "write the nginx config and systemd units of a deployment file: "
     "OUT/nginx/qwenvl-serve.conf and OUT/systemd/ (units, model configs, one env file per "
-    "instance, by host). Files under OUT/nginx and OUT/systemd that the deployment no longer "
-    "produces are removed."
+    "instance, by host). Files it wrote earlier that the deployment no longer produces are "
+    "removed; other files are left alone."
 )
 
 
@@ -40,14 +42,15 @@ def rendered_files(deployment: Deployment) -> dict[str, str]:
 
 
 def existing_files(out: Path) -> dict[str, str]:
-    """The files now under the owned directories of ``out``, by relative path."""
+    """The files `render` wrote that are now under ``out``, by relative path."""
     found = {}
     for directory in OWNED_DIRS:
         root = out / directory
         if root.is_dir():
             for path in sorted(root.rglob("*")):
-                if path.is_file():
-                    found[path.relative_to(out).as_posix()] = path.read_text(encoding="utf-8")
+                data = path.read_bytes() if path.is_file() else b""
+                if data.startswith(RENDERED_MARK):
+                    found[path.relative_to(out).as_posix()] = data.decode("utf-8", "replace")
     return found
 
 

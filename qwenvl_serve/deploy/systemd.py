@@ -61,7 +61,7 @@ def render_systemd(deployment: Deployment) -> dict[str, str]:
         TARGET_NAME: render_target(deployment.source),
     }
     for model in deployment.models:
-        files[f"models/{model.entry.name}.yaml"] = model.config_text
+        files[f"models/{model.entry.name}.yaml"] = copied_config(model, deployment.source)
     for instance in plan_instances(deployment):
         path = f"instances/{instance.host}/{instance.name}.env"
         files[path] = render_env_file(instance, config, deployment.source)
@@ -193,6 +193,15 @@ def usage_log_dirs(model: DeployedModel) -> list[PurePosixPath]:
     if usage_log is None:
         return []
     return [(STATE_DIR / PurePosixPath(Path(usage_log).as_posix())).parent]
+
+
+def copied_config(model: DeployedModel, source: str) -> str:
+    """The model's instance config as written, under a first line marking it rendered."""
+    note = (
+        f"# Rendered by `qwenvl-serve render` from {source}: a copy of the config of "
+        f"model {model.entry.name}; edit that file, not this one."
+    )
+    return f"{note}\n{model.config_text}"
 
 
 def rendered_note(source: str) -> str:

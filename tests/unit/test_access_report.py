@@ -176,3 +176,15 @@ def test_the_command_explains_bad_input_in_one_line(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_undecodable_lines_are_skipped_and_a_huge_since_means_everything(tmp_path):
+    records = generated_log()[:3]
+    log = tmp_path / "usage.jsonl"
+    log.write_bytes(
+        b"\xff\xfe not text\n" + "".join(json.dumps(r) + "\n" for r in records).encode()
+    )
+    result = run_usage("--log", str(log), "--since", "9999999999d")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2].split()[:2] == ["TOTAL", "3"]
+    assert "(1 lines were not usage records and were skipped)" in result.stdout

@@ -163,12 +163,89 @@ async def test_duration_mode_and_probes():
     assert len(set(probe_texts)) == len(probe_texts)
 
 
+def prepared(name, index):
+    return Prepared("text", body(f"{name}-{index}"))
+
+
+def test_a_cursor_makes_new_requests_past_the_prepared_ones():
+    made = []
+
+    def make(index):
+        made.append(index)
+        return prepared("a", index)
+
+    cursor = Cursor(TargetLoad(Target("a", "http://a.test"), [prepared("a", 0)], make=make))
+    assert [cursor.take()[1] for _ in range(3)] == [prepared("a", i) for i in range(3)]
+    assert made == [1, 2]
+    cursor.prepare_ahead(2)  # built before a block's clock starts ...
+    assert made == [1, 2, 3, 4]
+    assert [cursor.take()[1] for _ in range(3)] == [prepared("a", i) for i in (3, 4, 5)]
+    assert made == [1, 2, 3, 4, 5]  # ... and taken from there, not built twice
+    cursor.prepare_ahead(10, max_bytes=1)  # but not past a memory budget
+    assert made == [1, 2, 3, 4, 5, 6]
+    fixed = Cursor(TargetLoad(Target("b", "http://b.test"), [prepared("b", 0)]))
+    fixed.take()
+    with pytest.raises(IndexError, match="not prepared"):
+        fixed.take()  # never wraps around to a request already sent
+
+
+@pytest.mark.anyio
+async def test_duration_mode_sends_every_target_new_requests_of_the_same_shapes():
+    app = FakeOpenAIServer(delay=0)
+    settings = BenchSettings(
+        targets=[Target("a", "http://a.test"), Target("b", "http://b.test")],
+        workload=WorkloadSettings(kind="mix", image_sizes=((32, 32),)),
+        # every timed block sends at least one request: 3 rounds outrun a pool of 1
+        run=RunSettings(duration_s=0.6, rounds=3, warmup=0, probe_interval_s=0.01),
+        points=[LoadPoint(2)],
+        duration_pool=1,
+        progress=False,
+    )
+    result = await run_bench(settings, "qwenvl-serve bench ...", httpx.ASGITransport(app=app))
+    texts = [text for _, text in app.seen]
+    assert len(set(texts)) == len(texts)  # requests and probes alike, never sent twice
+    rows = result.points[0].requests
+    labels = {}
+    for name in ("a", "b"):
+        sent = sorted((row["index"], row["label"]) for row in rows[name] if not row["probe"])
+        assert len(sent) >= 3
+        labels[name] = [label for _, label in sent]
+    common = min(len(labels["a"]), len(labels["b"]))
+    assert labels["a"][:common] == labels["b"][:common]  # request i: same shape for both
+
+
+@pytest.mark.anyio
+async def test_timed_blocks_get_requests_built_before_their_clock_starts(monkeypatch):
+    app = FakeOpenAIServer(delay=0)
+    make = lambda index: prepared("a", index)  # noqa: E731
+    cursor = Cursor(TargetLoad(Target("a", "http://a.test"), [prepared("a", 0)], make=make))
+    asked = []  # (requests sent so far, requests asked to be ready, requests ready)
+
+    def spy(count):
+        Cursor.prepare_ahead(cursor, count)
+        asked.append((cursor.next_request, count, cursor.ready()))
+
+    monkeypatch.setattr(cursor, "prepare_ahead", spy)
+    async with client_for(app) as client:
+        await run_point(client, [cursor], LoadPoint(1), RunSettings(duration_s=0.1, rounds=2))
+    assert len(asked) == 2
+    (_, first_count, _), (sent_first, second_count, ready) = asked
+    assert first_count == 0  # nothing known yet: the prepared pool goes first
+    assert second_count == 2 * sent_first
+    assert ready >= second_count
+
+
 def test_parse_target():
     assert parse_target("ours=http://127.0.0.1:8000") == Target("ours", "http://127.0.0.1:8000")
+    assert parse_target(" v = https://h/v1 ") == Target("v", "https://h/v1")
     assert Target("x", "http://h:1/v1/").chat_url == "http://h:1/v1/chat/completions"
     assert Target("x", "http://h:1").chat_url == "http://h:1/v1/chat/completions"
     with pytest.raises(ValueError, match="NAME=http"):
         parse_target("http://127.0.0.1:8000")
+    with pytest.raises(ValueError, match="from 1 to 65535"):
+        parse_target("a=http://127.0.0.1:99999")
+    with pytest.raises(ValueError, match="no host"):
+        parse_target("a=http:///v1")
 
 
 def parse(*argv):

@@ -16,6 +16,7 @@ from qwenvl_serve.bench.workloads import (
     parse_size,
     probe_request,
     request_factory,
+    request_number,
     text_request,
     vllm_dataset_line,
     workload_copy,
@@ -92,6 +93,32 @@ def test_copies_have_the_same_shape_but_never_the_same_request():
         workload_copy(factory, 0, COPY_STRIDE + 1)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        WorkloadSettings(kind="mix", image_sizes=((32, 32),), text_fraction=0.5),
+        WorkloadSettings(image_sizes=((32, 32), (48, 32), (64, 32))),  # 3 does not divide 10**6
+        WorkloadSettings(image_sizes=((32, 32), (48, 32), (64, 32)), images_per_request=2),
+    ],
+)
+def test_every_copy_is_the_same_sequence_of_shapes(settings):
+    factory = request_factory(settings)
+    labels = [[s.label for s in workload_copy(factory, copy, 24)] for copy in range(3)]
+    assert labels[0] == labels[1] == labels[2]
+    assert len(set(labels[0])) > 1
+
+
+def test_request_numbers_never_collide_and_go_on_past_one_copy():
+    copies = 3
+    indexes = [*range(5), *range(COPY_STRIDE - 2, COPY_STRIDE + 3), 5 * COPY_STRIDE + 7]
+    numbers = [request_number(copy, i, copies) for copy in range(copies) for i in indexes]
+    assert len(set(numbers)) == len(numbers)
+    assert request_number(2, 17, copies) == 2 * COPY_STRIDE + 17  # as in workload_copy
+    factory = request_factory(WorkloadSettings(kind="mix", image_sizes=((32, 32),)))
+    far = [factory(request_number(copy, COPY_STRIDE + 4, copies)).label for copy in range(3)]
+    assert far == [factory(request_number(0, 4, copies)).label] * 3
+
+
 def test_text_and_probe_requests_differ_only_in_their_first_word():
     text, probe = text_request(0, 5, "Hi."), probe_request(0, 5, "Hi.")
     text_words = text.messages[0]["content"].split()
@@ -116,9 +143,12 @@ def test_directory_workload_cycles_through_the_files(tmp_path):
     for name, colour in (("b.png", "red"), ("a.jpg", "blue")):
         Image.new("RGB", (40, 30), colour).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "sub.jpg").mkdir()  # only regular files are images
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "d.png").symlink_to(tmp_path / "a.jpg")  # a link to a file is a file
     factory = request_factory(WorkloadSettings(kind="directory", image_dir=tmp_path))
-    labels = [spec.label for spec in workload_copy(factory, 0, 3)]
-    assert labels == ["a.jpg", "b.png", "a.jpg"]
+    labels = [spec.label for spec in workload_copy(factory, 0, 4)]
+    assert labels == ["a.jpg", "b.png", "d.png", "a.jpg"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         request_factory(WorkloadSettings(kind="directory", image_dir=tmp_path / "empty"))

@@ -50,6 +50,33 @@ def test_anything_else_is_an_unexpected_answer(body):
         parse_completion(body)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": "x"},
+        {"choices": {"0": {"message": {"content": "x"}}}},
+        {"choices": ["x"]},
+        {"choices": [{"message": "x"}]},
+        {"choices": [{"message": ["x"]}]},
+        {"choices": [{"message": {"content": ["x"]}}]},
+        [{"choices": [{"message": {"content": "x"}}]}],
+    ],
+)
+def test_wrongly_shaped_answers_are_unexpected(body):
+    with pytest.raises(UnexpectedAnswerError):
+        parse_completion(body)
+
+
+@pytest.mark.parametrize("usage", [[1], "x", 3, None])
+def test_a_wrongly_shaped_usage_or_finish_reason_is_left_empty(usage):
+    completion = parse_completion(
+        {"choices": [{"message": {"content": "A cat."}, "finish_reason": [1]}], "usage": usage}
+    )
+    assert completion.text == "A cat."
+    assert (completion.prompt_tokens, completion.completion_tokens) == (None, None)
+    assert completion.finish_reason is None
+
+
 def test_model_ids_in_the_servers_order():
     assert model_ids({"data": [{"id": "qwen3-vl-tiny"}, {"id": "b"}, {"x": 1}]}) == [
         "qwen3-vl-tiny",

@@ -15,6 +15,8 @@ from qwenvl_serve.caption.results import (
     csv_cells,
     csv_text,
     format_for,
+    images_cell,
+    images_from_cell,
     jsonl_line,
     read_existing,
 )
@@ -133,3 +135,67 @@ def test_an_unwritable_output_is_a_user_error(tmp_path):
         open_output(tmp_path / "missing" / "out.jsonl"),
     ):
         pass
+
+
+ODD_BREAKS = "one\u2028two\u2029three\x85four"
+NON_UTF8 = "shop/caf\udce9.png"  # b"caf\xe9.png" as Python decodes a file name
+
+
+def test_jsonl_resume_splits_rows_on_newlines_only():
+    # As earlier versions wrote it: the Unicode line breaks raw inside the strings.
+    row = {"images": [f"a{ODD_BREAKS}.png"], "caption": ODD_BREAKS, "error": None}
+    text = json.dumps(row, ensure_ascii=False) + "\n" + jsonl(DONE)
+    existing = read_existing(text, "jsonl")
+    assert existing.done == {(f"a{ODD_BREAKS}.png",), ("shop/shoe.jpg",)}
+    assert read_existing(existing.kept_text, "jsonl").done == existing.done
+
+
+def test_jsonl_escapes_lone_surrogates_and_unicode_line_breaks_but_keeps_other_text():
+    row = ResultRow(images=(NON_UTF8,), caption=f"红色 {ODD_BREAKS}", model="m")
+    line = jsonl_line(row)
+    line.encode("utf-8")  # a lone surrogate could not be written as UTF-8
+    assert len(line.splitlines()) == 1
+    assert "\\udce9" in line
+    assert "红色" in line
+    assert json.loads(line)["images"] == [NON_UTF8]
+    assert read_existing(line, "jsonl").done == {(NON_UTF8,)}
+
+
+def test_csv_keeps_a_non_utf8_name_for_surrogateescape_and_drops_other_surrogates():
+    row = ResultRow(images=(NON_UTF8,), caption="bad \ud800 half", model="m")
+    text = csv_file(row)
+    raw = text.encode("utf-8", "surrogateescape")
+    assert b"caf\xe9.png" in raw
+    existing = read_existing(raw.decode("utf-8", "surrogateescape"), "csv")
+    assert existing.done == {(NON_UTF8,)}
+    assert "bad \ufffd half" in existing.kept_text
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        ("e|f.png",),
+        ("day/a|b.jpg", "day/c.jpg"),
+        ("[2024] trip.jpg",),
+        ('["x.jpg"]',),
+        ("back\\slash.jpg", "day/2.jpg"),
+    ],
+)
+def test_csv_images_cell_reads_back_exactly(images):
+    assert tuple(images_from_cell(images_cell(images))) == images
+    existing = read_existing(csv_file(ResultRow(images=images, caption="x")), "csv")
+    assert existing.done == {images}
+    assert read_existing(existing.kept_text, "csv").done == {images}
+
+
+@pytest.mark.parametrize(
+    ("cell", "images"),
+    [
+        ("shop/shoe.jpg", ["shop/shoe.jpg"]),
+        ("day/1.jpg|day/2.jpg", ["day/1.jpg", "day/2.jpg"]),
+        ("[2024] trip.jpg", ["[2024] trip.jpg"]),
+        ("C:\\photos\\a.jpg", ["C:\\photos\\a.jpg"]),
+    ],
+)
+def test_csv_images_cells_of_earlier_versions_still_read(cell, images):
+    assert images_from_cell(cell) == images

@@ -132,6 +132,14 @@ async def test_attempts_run_out_on_a_server_that_stays_unreachable(tmp_path):
     assert row.error == "connection failed after 2 attempts"
 
 
+async def test_an_answer_nested_too_deep_to_parse_is_an_error_row(tmp_path):
+    recorder = Recorder()
+    calling, _ = calling_for([httpx.Response(200, content=b"[" * 100_000)], recorder)
+    (batch,) = plan_batches([image(tmp_path)], None)
+    row = await caption_batch(calling, REQUEST, batch, recorder.note)
+    assert row.error == "the server's answer is not a chat completion"
+
+
 async def test_a_file_that_is_not_an_image_is_recorded_without_a_request(tmp_path):
     recorder = Recorder()
     calling, sent = calling_for([completion()], recorder)

@@ -132,3 +132,10 @@ def test_errors_about_secrets_never_echo_them(override: str):
         resolve_config(MINIMAL, [override])
     assert "Sup3rS3cretTok" not in str(refused.value)
     assert "(hidden)" in str(refused.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(b"model: x\n\xff\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(config)

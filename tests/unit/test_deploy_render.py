@@ -35,14 +35,23 @@ def test_render_writes_then_check_passes_then_fails_on_an_edit(tmp_path, capsys)
     example = str(DEPLOY / "example.yaml")
     out = tmp_path / "out"
     (out / "systemd" / "instances" / "gone").mkdir(parents=True)
-    (out / "systemd" / "instances" / "gone" / "old-9000.env").write_text("stale")
+    stale = out / "systemd" / "instances" / "gone" / "old-9000.env"
+    stale.write_text("# Rendered by `qwenvl-serve render` from old.yaml: instance old-9000.\n")
     (out / "postman").mkdir()
     (out / "postman" / "kept.json").write_text("{}")
+    # Files render did not write are never removed, even under nginx/ and systemd/.
+    (out / "nginx" / "sites-enabled").mkdir(parents=True)
+    (out / "nginx" / "sites-enabled" / "default").write_text("server { listen 80; }\n")
+    (out / "systemd" / "sshd.service").write_text("[Unit]\n")
+    (out / "systemd" / ".unit.swp").write_bytes(b"\xff\xfe binary")
 
     assert main(["render", "--deploy", example, "--out", str(out)]) == 0
     assert "wrote 9 files" in capsys.readouterr().out
-    assert not (out / "systemd" / "instances" / "gone" / "old-9000.env").exists()
-    assert (out / "postman" / "kept.json").exists()  # only nginx/ and systemd/ are render's
+    assert not stale.exists()
+    assert (out / "postman" / "kept.json").exists()
+    assert (out / "nginx" / "sites-enabled" / "default").exists()
+    assert (out / "systemd" / "sshd.service").exists()
+    assert (out / "systemd" / ".unit.swp").exists()
     assert main(["render", "--deploy", example, "--out", str(out), "--check"]) == 0
 
     unit = out / "systemd" / "qwenvl-serve@.service"

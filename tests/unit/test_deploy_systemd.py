@@ -129,7 +129,9 @@ def test_one_env_file_per_instance_with_its_address_and_gpus(example):
     assert "QWENVL_SERVE_CONFIG=/etc/qwenvl-serve/models/moe.yaml" in moe
     assert "QWENVL_SERVE_PORT=8003" in moe
     assert "CUDA_VISIBLE_DEVICES=2,3" in moe
-    assert files["models/moe.yaml"] == (REPO / "configs/qwen3-vl-30b-a3b-instruct.yaml").read_text()
+    first_line, copy = files["models/moe.yaml"].split("\n", 1)
+    assert first_line.startswith("# Rendered by `qwenvl-serve render` from example.yaml")
+    assert copy == (REPO / "configs/qwen3-vl-30b-a3b-instruct.yaml").read_text()
     exec_start = next(
         line for line in files[UNIT_NAME].splitlines() if line.startswith("ExecStart")
     )

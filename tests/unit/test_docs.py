@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from qwenvl_serve.cli import main
 from qwenvl_serve.config_docs import (
     REFERENCE_END,
     REFERENCE_START,
@@ -35,3 +36,15 @@ def test_replace_reference_needs_both_markers():
     assert replace_reference(f"a{REFERENCE_START}old{REFERENCE_END}b", "new\n") == (
         f"a{REFERENCE_START}\nnew\n{REFERENCE_END}b"
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "No such file"), ("no markers here\n", "no configuration reference markers")],
+)
+def test_updating_a_missing_or_unmarked_document_is_one_line(tmp_path, capsys, content, message):
+    document = tmp_path / "doc.md"
+    if content is not None:
+        document.write_text(content)
+    assert main(["config-reference", "--update", str(document)]) == 1
+    assert message in capsys.readouterr().err
