@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -26,6 +27,8 @@ from qwenvl_serve.launch_plan import LaunchPlan
 
 TAIL_LINES = 400
 STOP_GRACE_SECONDS = 60.0
+# After the group is reaped the pipe closes at once; this only bounds a writer that escaped it.
+PUMP_JOIN_SECONDS = 5.0
 INSTALL_HINT = (
     "vLLM is not installed. Install the engine extra: "
     "pip install 'qwenvl-serve[gpu]' on a CUDA host, or 'qwenvl-serve[cpu]' for the CPU engine "
@@ -78,6 +81,8 @@ _LOG_PREFIX = re.compile(
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
 # pydantic (vLLM's config classes) puts the real message on a "Value error, ..." line.
 _VALUE_ERROR_LINE = re.compile(r"^Value error, (.+?)(?: \[type=.*)?$")
+# argparse's last line: "api_server.py: error: unrecognized arguments: --foo".
+_ARGPARSE_ERROR_LINE = re.compile(r"^\S+: error: (.+)$")
 _GENERIC_WRAPPERS = ("Engine core initialization failed", "validation error for")
 
 
@@ -97,6 +102,8 @@ def failure_reason(lines: Iterable[str]) -> str:
             found = f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2).strip()}"
             is_wrapper = any(wrapper in found for wrapper in _GENERIC_WRAPPERS)
             (generic if is_wrapper else specific).append(found)
+        elif _ARGPARSE_ERROR_LINE.match(line):
+            specific.append(line)
     chosen = specific or generic
     if chosen:
         return chosen[-1][:500]
@@ -141,24 +148,57 @@ def run_server(
         preexec_fn=_die_with_parent,
     )
     stopping = _forward_stop_signals(child)
-    tail = _pump_output(child, out)
+    # The pump runs beside the wait: a leftover of vLLM's group that still holds the pipe
+    # must not keep us from noticing vLLM's exit and reaping that very leftover.
+    pump = _OutputPump(child, out)
+    pump.start()
     status = child.wait()
     _reap_group(child.pid)
-    if status != 0 and not stopping:
-        out.flush()
-        print(f"qwenvl-serve: vLLM exited with status {status}: {failure_reason(tail)}", file=err)
-        return status if status > 0 else 1
-    return 0 if stopping else status
+    pump.join(PUMP_JOIN_SECONDS)  # the reaped group's pipe closes: the tail is complete
+    return _exit_status(status, stopped=bool(stopping), tail=pump.tail(), out=out, err=err)
 
 
-def _pump_output(child: subprocess.Popen[str], out: TextIO) -> Sequence[str]:
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    assert child.stdout is not None
-    for line in child.stdout:
-        out.write(line)
-        out.flush()
-        tail.append(line)
-    return list(tail)
+def _exit_status(
+    status: int, *, stopped: bool, tail: Sequence[str], out: TextIO, err: TextIO
+) -> int:
+    """The launcher's exit status; an exit we did not ask for gets one line saying why.
+
+    vLLM's watchdog exits 0 after an engine-core crash (vllm-project/vllm#48966), so an
+    unrequested exit 0 is a failure too: systemd's Restart=on-failure must see it.
+    """
+    if stopped:
+        return 0  # we asked it to stop: how it ended is not a failure
+    what = "exited unexpectedly with status 0" if status == 0 else f"exited with status {status}"
+    out.flush()
+    print(f"qwenvl-serve: vLLM {what}: {failure_reason(tail)}", file=err)
+    return status if status > 0 else 1
+
+
+class _OutputPump(threading.Thread):
+    """Copies vLLM's output to ``out`` and keeps its last TAIL_LINES lines."""
+
+    def __init__(self, child: subprocess.Popen[str], out: TextIO) -> None:
+        super().__init__(name="vllm-output", daemon=True)
+        self._child = child
+        self._out = out
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Read until every writer of the pipe has closed it."""
+        assert self._child.stdout is not None
+        for line in self._child.stdout:
+            # If our own stdout breaks, keep draining: a full pipe would block vLLM.
+            with contextlib.suppress(OSError, ValueError):
+                self._out.write(line)
+                self._out.flush()
+            with self._lock:
+                self._tail.append(line)
+
+    def tail(self) -> list[str]:
+        """The lines read so far (a copy: the pump may still be running)."""
+        with self._lock:
+            return list(self._tail)
 
 
 def _forward_stop_signals(child: subprocess.Popen[str]) -> list[int]:

@@ -180,12 +180,22 @@ class TlsConfig(StrictModel):
 class ServerConfig(StrictModel):
     """nginx's server block: where it listens and what it logs."""
 
-    listen: str = Field(
-        "80",
-        description="nginx `listen` address: PORT, HOST:PORT or [V6ADDR]:PORT.",
+    listen: str | None = Field(
+        None,
+        description=(
+            "nginx `listen` address: PORT, HOST:PORT or [V6ADDR]:PORT. Empty: 80; with `tls`, "
+            "443, plus a server on 80 that redirects to https. Given: used as is (with `tls` "
+            "and port 443, the redirect from port 80 of the same host is added too)."
+        ),
     )
     server_name: str = Field(
-        "_", min_length=1, description="nginx `server_name`; `_` matches any host."
+        "_",
+        min_length=1,
+        description=(
+            "nginx `server_name`. `_` names no host: the server is then rendered as "
+            "`default_server` to answer every host on its port, so the distribution's own "
+            "default site (Debian: sites-enabled/default) must be removed."
+        ),
     )
     tls: TlsConfig | None = Field(None, description="TLS certificate and key. Empty: plain HTTP.")
     access_log: AbsolutePath = Field(
@@ -202,10 +212,28 @@ class ServerConfig(StrictModel):
 
     @field_validator("listen")
     @classmethod
-    def _listen_is_an_address(cls, value: str) -> str:
-        if not LISTEN.match(value):
+    def _listen_is_an_address(cls, value: str | None) -> str | None:
+        if value is not None and not LISTEN.match(value):
             raise PydanticCustomError("listen", "must be PORT, HOST:PORT or [V6ADDR]:PORT")
         return value
+
+    @property
+    def listen_address(self) -> str:
+        """Where the main server listens: as given, else 443 with TLS and 80 without."""
+        if self.listen is not None:
+            return self.listen
+        return "80" if self.tls is None else "443"
+
+    @property
+    def redirect_listen(self) -> str | None:
+        """Port 80 of the TLS listener's host, for the plain redirect to https; only when
+        TLS is on the standard port 443, where `https://$host` points."""
+        if self.tls is None:
+            return None
+        host, sep, port = self.listen_address.rpartition(":")
+        if port != "443":
+            return None
+        return f"{host}{sep}80"
 
     @field_validator("server_name")
     @classmethod

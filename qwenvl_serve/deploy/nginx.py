@@ -92,6 +92,7 @@ def render_nginx(deployment: Deployment) -> str:
         request_maps(deployment),
         *(upstream_block(model, config) for model in deployment.models),
         server_block(deployment, routes),
+        redirect_block(config),
     ]
     return "\n".join("\n".join(lines) + "\n" for lines in sections if lines)
 
@@ -144,6 +145,10 @@ def http_settings(config: DeploymentConfig) -> list[str]:
         f"limit_conn_zone $binary_remote_addr zone={CONN_ZONE}:10m;",
         "limit_req_status 429;",
         "limit_conn_status 429;",
+        "# Rejections are logged with the request line, `?key=` included: log them below",
+        "# the error log's threshold (warn) so API keys stay out of it.",
+        "limit_req_log_level info;",
+        "limit_conn_log_level info;",
     ]
     return lines
 
@@ -271,18 +276,53 @@ def server_block(deployment: Deployment, routes: dict[str, ModelRoutes]) -> list
     return block("server", body)
 
 
+def listen_directive(address: str, server_name: str, *flags: str) -> str:
+    """``listen``; with server_name `_` also ``default_server``: `_` is no catch-all name,
+    and without it another site's default_server (Debian's default) takes the requests."""
+    words = [address, *flags]
+    if server_name == "_":
+        words.append("default_server")
+    return f"listen {' '.join(words)};"
+
+
 def listen_lines(config: DeploymentConfig) -> list[str]:
     server = config.server
+    address = server.listen_address
     if server.tls is None:
-        return [f"listen {server.listen};", f"server_name {server.server_name};"]
+        return [
+            listen_directive(address, server.server_name),
+            f"server_name {server.server_name};",
+        ]
     return [
-        f"listen {server.listen} ssl;",
+        listen_directive(address, server.server_name, "ssl"),
         f"server_name {server.server_name};",
         f"ssl_certificate {server.tls.certificate};",
         f"ssl_certificate_key {server.tls.certificate_key};",
         "ssl_protocols TLSv1.2 TLSv1.3;",
         "ssl_session_cache shared:qwenvl_tls:10m;",
         "ssl_session_timeout 1h;",
+    ]
+
+
+def redirect_block(config: DeploymentConfig) -> list[str]:
+    """With TLS on 443: a plain server on port 80 that sends clients to https."""
+    server = config.server
+    address = server.redirect_listen
+    if address is None:
+        return []
+    return [
+        "# Plain HTTP on port 80: permanently redirected to https.",
+        *block(
+            "server",
+            [
+                listen_directive(address, server.server_name),
+                f"server_name {server.server_name};",
+                f"access_log {server.access_log} {LOG_FORMAT};",
+                f"error_log {server.error_log} warn;",
+                "server_tokens off;",
+                "return 301 https://$host$request_uri;",
+            ],
+        ),
     ]
 
 

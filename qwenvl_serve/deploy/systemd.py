@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from qwenvl_serve.deploy.config import DeploymentConfig
-from qwenvl_serve.deploy.loading import DeployedModel, Deployment
+from qwenvl_serve.deploy.config import DeploymentConfig, Replica
+from qwenvl_serve.deploy.loading import DeployedModel, Deployment, DeploymentError
 
 UNIT_NAME = "qwenvl-serve@.service"
 TARGET_NAME = "qwenvl-serve.target"
@@ -32,8 +32,9 @@ class Instance:
 
 
 def plan_instances(deployment: Deployment) -> list[Instance]:
-    """Every replica with its GPUs: given ones, else the next free ones on its host."""
-    next_gpu: dict[str, int] = {}
+    """Every replica with its GPUs: given ones, else the lowest ones on its host that no
+    other replica lists or was given; DeploymentError if two replicas list one GPU."""
+    taken = listed_gpus(deployment)
     instances = []
     for model in deployment.models:
         width = model.instance.engine.tensor_parallel_size
@@ -42,15 +43,40 @@ def plan_instances(deployment: Deployment) -> list[Instance]:
             if replica.gpus is not None:
                 gpus = tuple(replica.gpus)
             else:
-                first = next_gpu.get(host, 0)
-                gpus = tuple(range(first, first + width))
-                next_gpu[host] = first + width
+                gpus = free_gpus(taken.setdefault(host, {}), width)
+                taken[host].update(dict.fromkeys(gpus, replica_name(model, replica)))
             instances.append(
-                Instance(
-                    f"{model.entry.name}-{replica.port}", model.entry.name, host, replica.port, gpus
-                )
+                Instance(replica_name(model, replica), model.entry.name, host, replica.port, gpus)
             )
     return instances
+
+
+def replica_name(model: DeployedModel, replica: Replica) -> str:
+    """The template instance name of a replica: <model>-<port>."""
+    return f"{model.entry.name}-{replica.port}"
+
+
+def listed_gpus(deployment: Deployment) -> dict[str, dict[int, str]]:
+    """Host -> GPU -> the replica that lists it under `gpus:`; two on one GPU are refused."""
+    owners: dict[str, dict[int, str]] = {}
+    for model in deployment.models:
+        for replica in model.entry.replicas:
+            name = replica_name(model, replica)
+            host = owners.setdefault(replica.host.strip("[]"), {})
+            for gpu in replica.gpus or ():
+                other = host.setdefault(gpu, name)
+                if other != name:
+                    raise DeploymentError(
+                        f"replicas {other} and {name} both list GPU {gpu} on host "
+                        f"{replica.host}: give each replica its own GPUs"
+                    )
+    return owners
+
+
+def free_gpus(taken: dict[int, str], width: int) -> tuple[int, ...]:
+    """The ``width`` lowest GPU indexes not in ``taken``."""
+    free = (gpu for gpu in range(len(taken) + width) if gpu not in taken)
+    return tuple(next(free) for _ in range(width))
 
 
 def render_systemd(deployment: Deployment) -> dict[str, str]:

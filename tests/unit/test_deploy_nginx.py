@@ -83,9 +83,53 @@ def test_nginx_accepts_the_tls_variant(example, tmp_path):
     server = local.config.server.model_copy(update={"tls": tls})
     variant = dataclasses.replace(local, config=local.config.model_copy(update={"server": server}))
     text = render_nginx(variant)
-    assert "listen 127.0.0.1:8443 ssl;" in text
+    assert "listen 127.0.0.1:8443 ssl default_server;" in text  # a given listen is kept
+    assert "return 301" not in text  # not on 443: no redirect from port 80
     result = nginx_check(text, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def with_server(deployment: Deployment, **update: object) -> Deployment:
+    server = deployment.config.server.model_copy(update=update)
+    config = deployment.config.model_copy(update={"server": server})
+    return dataclasses.replace(deployment, config=config)
+
+
+def test_tls_without_a_listen_serves_443_and_redirects_port_80(example, tmp_path):
+    (tmp_path / "cert.pem").write_text(TEST_CERTIFICATE)
+    (tmp_path / "key.pem").write_text(TEST_KEY)
+    tls = TlsConfig(
+        certificate=str(tmp_path / "cert.pem"), certificate_key=str(tmp_path / "key.pem")
+    )
+    local = local_variant(example, tmp_path, "127.0.0.1:8443")
+    text = render_nginx(with_server(local, listen=None, tls=tls))
+    assert "listen 443 ssl default_server;" in text
+    assert "listen 80 ssl" not in text
+    redirect = text[text.rindex("server {") :]
+    assert "listen 80 default_server;" in redirect
+    assert "server_name _;" in redirect
+    assert "return 301 https://$host$request_uri;" in redirect
+    assert nginx_check(text, tmp_path).returncode == 0
+    # A given listen on 443 gets the redirect from port 80 of the same address.
+    named = with_server(local, listen="10.0.0.5:443", tls=tls, server_name="qwenvl.example.com")
+    text = render_nginx(named)
+    assert "listen 10.0.0.5:443 ssl;" in text
+    assert "listen 10.0.0.5:80;" in text[text.rindex("server {") :]
+
+
+def test_the_catch_all_name_is_rendered_as_the_default_server(example, tmp_path):
+    """`server_name _` matches no host: another server first on the port (like Debian's
+    default site) would take every request unless this one is the default_server."""
+    assert "listen 80 default_server;" in render_nginx(example)
+    named = with_server(example, server_name="qwenvl.example.com")
+    assert "listen 80;" in render_nginx(named)
+    port = free_port()
+    other_site = f"server {{ listen 127.0.0.1:{port}; server_name other.invalid; return 418; }}\n"
+    text = other_site + render_nginx(local_variant(example, tmp_path, f"127.0.0.1:{port}"))
+    with running_nginx(text, tmp_path, port):
+        response = httpx.get(f"http://127.0.0.1:{port}/nowhere", timeout=5)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
 
 
 def test_nginx_refuses_a_broken_config(example, tmp_path):
@@ -311,3 +355,19 @@ def test_per_key_rate_counts_bearer_google_header_and_query_key_alike(nginx_over
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert httpx.get(url, headers={"authorization": "Bearer key-two"}).status_code == 200
+
+
+def test_rate_limit_rejections_keep_api_keys_out_of_the_error_log(example, tmp_path):
+    """nginx logs each rejection with the request line, `?key=` included: at info level,
+    below the error log's threshold, it is not written."""
+    assert "limit_req_log_level info;" in render_nginx(example)
+    assert "limit_conn_log_level info;" in render_nginx(example)
+    port = free_port()
+    with echo_server("instruct") as a, echo_server("thinking") as b, echo_server("moe") as c:
+        deployment = with_replicas(example, {"instruct": a, "thinking": b, "moe": c})
+        text = render_nginx(local_variant(deployment, tmp_path, f"127.0.0.1:{port}"))
+        with running_nginx(text, tmp_path, port):
+            url = f"http://127.0.0.1:{port}/instruct/v1/models"
+            statuses = [httpx.get(url, params={"key": "leaky-secret"}).status_code for _ in "abc"]
+    assert statuses[-1] == 429
+    assert "leaky-secret" not in (tmp_path / "error.log").read_text()

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from qwenvl_serve.deploy.loading import Deployment, load_deployment
+from qwenvl_serve.deploy.loading import Deployment, DeploymentError, load_deployment
 from qwenvl_serve.deploy.systemd import (
     TARGET_NAME,
     UNIT_NAME,
@@ -145,3 +146,54 @@ def test_gpus_are_handed_out_per_host_by_tensor_parallel_size(example, tmp_path)
     (tmp_path / "d.yaml").write_text(text)
     instances = {i.name: i.gpus for i in plan_instances(load_deployment(tmp_path / "d.yaml", {}))}
     assert instances == {"instruct-8001": (0,), "thinking-8002": (1,), "moe-8003": (2, 3)}
+
+
+def planned_gpus(tmp_path: Path, models: list[dict[str, object]]) -> dict[str, tuple[int, ...]]:
+    """Write a deployment of ``models`` (configs from configs/) and plan its instances."""
+    for model in models:
+        model["config"] = str(REPO / "configs" / str(model["config"]))
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"models": models}))
+    return {i.name: i.gpus for i in plan_instances(load_deployment(tmp_path / "d.yaml", {}))}
+
+
+def test_automatic_gpus_skip_the_ones_other_replicas_list(tmp_path):
+    example = yaml.safe_load(EXAMPLE.read_text())
+    example["models"][1]["replicas"].append("127.0.0.1:8004")  # thinking, after moe's [2, 3]
+    assert planned_gpus(tmp_path, example["models"]) == {
+        "instruct-8001": (0,),
+        "thinking-8002": (1,),
+        "thinking-8004": (4,),
+        "moe-8003": (2, 3),
+    }
+    models: list[dict[str, object]] = [
+        {
+            "name": "instruct",
+            "config": "qwen3-vl-8b-instruct.yaml",
+            "replicas": [
+                {"address": "127.0.0.1:8001", "gpus": [0]},
+                {"address": "127.0.0.1:8002", "gpus": [1]},
+            ],
+        },
+        {"name": "moe", "config": "qwen3-vl-30b-a3b-instruct.yaml", "replicas": ["127.0.0.1:8003"]},
+    ]
+    assert planned_gpus(tmp_path, models)["moe-8003"] == (2, 3)
+
+
+def test_two_replicas_listing_one_gpu_on_one_host_are_refused(tmp_path):
+    models: list[dict[str, object]] = [
+        {
+            "name": "instruct",
+            "config": "qwen3-vl-8b-instruct.yaml",
+            "replicas": [
+                {"address": "127.0.0.1:8001", "gpus": [0]},
+                {"address": "127.0.0.2:8001", "gpus": [0]},  # another host address: allowed
+            ],
+        },
+        {
+            "name": "moe",
+            "config": "qwen3-vl-30b-a3b-instruct.yaml",
+            "replicas": [{"address": "127.0.0.1:8003", "gpus": [1, 0]}],
+        },
+    ]
+    with pytest.raises(DeploymentError, match="instruct-8001 and moe-8003 both list GPU 0"):
+        planned_gpus(tmp_path, models)
