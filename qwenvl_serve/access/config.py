@@ -153,6 +153,13 @@ class MeteringConfig(StrictModel):
             "or images. Empty: no usage log."
         ),
     )
+
+    @field_validator("usage_log", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        # `${VAR:-}` with VAR unset gives "", which Path would read as ".".
+        return None if isinstance(value, str) and not value.strip() else value
+
     prices: PricesConfig = Field(
         default_factory=PricesConfig,
         description="Token prices for the cost column.",

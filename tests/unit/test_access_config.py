@@ -119,3 +119,8 @@ def test_metrics_token_is_kept_as_a_digest_and_prices_give_cost():
     )
     assert config.metrics.token == DIGEST
     assert config.metering.prices.cost(2000, 500) == pytest.approx(2.0)
+
+
+def test_an_empty_usage_log_means_no_log():
+    empty = resolve_config({"model": "m", "metering": {"usage_log": "${LOG:-}"}}, [], {})
+    assert empty.metering.usage_log is None
