@@ -94,7 +94,7 @@ class RemoteImageFetcher:
             return vet_addresses([target.address], self.policy.allow_loopback)
         try:
             addresses = await self.resolver(target.host, target.port)
-        except OSError:
+        except (OSError, UnicodeError):  # UnicodeError: a name the IDNA codec refuses
             raise RefusalError(Reason.FETCH_FAILED) from None
         return vet_addresses(addresses, self.policy.allow_loopback)
 

@@ -25,7 +25,9 @@ def target_size(width: int, height: int, max_side: int, max_pixels: int) -> tupl
     <= ``max_pixels``, both sides multiples of 32 (at least 32), never enlarged beyond
     the next multiple of 32."""
     scale = min(1.0, max_side / max(width, height))
-    scaled_w = max(1, round(width * scale))
-    scaled_h = max(1, round(height * scale))
+    # At least one token wide: a thin side rounded towards 0 would change the aspect
+    # ratio past what the processor accepts, or send it down its minimum-pixels path.
+    scaled_w = max(FACTOR, round(width * scale))
+    scaled_h = max(FACTOR, round(height * scale))
     # The processor's own rule; max_side is a multiple of 32, so rounding keeps it.
     return smart_resize(scaled_w, scaled_h, PixelBounds(FACTOR * FACTOR, max_pixels))

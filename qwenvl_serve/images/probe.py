@@ -61,7 +61,7 @@ def probe(data: bytes, allowed_formats: frozenset[str]) -> ImageHeader:
                     width=image.width,
                     height=image.height,
                     mode=image.mode,
-                    orientation=_orientation(image.info.get("exif")),
+                    orientation=_orientation(image),
                 )
     except Image.DecompressionBombError:
         raise RefusalError(Reason.TOO_MANY_PIXELS) from None
@@ -71,16 +71,17 @@ def probe(data: bytes, allowed_formats: frozenset[str]) -> ImageHeader:
         raise RefusalError(Reason.UNDECODABLE) from exc
 
 
-def _orientation(exif_bytes: object) -> int:
-    """The EXIF orientation (1-8) read with the header: 1 without EXIF, and
-    :data:`UNREADABLE_ORIENTATION` when the EXIF block is broken (the image is then
-    re-encoded without it, as stored)."""
-    if not isinstance(exif_bytes, bytes) or not exif_bytes:
-        return 1
-    exif = Image.Exif()
+def _orientation(image: Image.Image) -> int:
+    """The orientation (1-8) that Pillow's ``exif_transpose``, and so vLLM, would apply:
+    from the EXIF block, a PNG raw-profile chunk or XMP's ``tiff:Orientation``. 1 when
+    none says, :data:`UNREADABLE_ORIENTATION` when the block is broken (the image is
+    then re-encoded as stored).
+
+    The base class's reader works from the header; PNG's own would decode the pixels
+    first, before our pixel limit is checked.
+    """
     try:
-        exif.load(exif_bytes)
-        value = exif.get(EXIF_ORIENTATION_TAG, 1)
-    except Exception:  # a broken EXIF block must not make a decodable image fail
+        value = Image.Image.getexif(image).get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # a broken block must not make a decodable image fail
         return UNREADABLE_ORIENTATION
     return value if isinstance(value, int) and 1 <= value <= 8 else UNREADABLE_ORIENTATION

@@ -24,6 +24,9 @@ _HOST_LABELS = re.compile(
 )
 # One part of an inet_aton() spelling: hex (0x..), octal (0..) or decimal.
 _INET_ATON_PART = re.compile(r"^(0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)$")
+# DNS limits (RFC 1035): resolvers refuse longer names, so they are refused up front.
+_MAX_LABEL = 63
+_MAX_NAME = 253
 _NAT64_PREFIXES = (
     ipaddress.IPv6Network("64:ff9b::/96"),
     ipaddress.IPv6Network("64:ff9b:1::/48"),
@@ -32,6 +35,7 @@ _NAT64_PREFIXES = (
 _EXTRA_NON_GLOBAL = (
     ipaddress.IPv4Network("192.0.0.0/24"),
     ipaddress.IPv4Network("192.88.99.0/24"),
+    ipaddress.IPv6Network("fec0::/10"),  # deprecated site-local, still routed on some LANs
 )
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -63,11 +67,20 @@ def parse_url(url: str, allowed_domains: tuple[str, ...]) -> UrlTarget:
         raise RefusalError(Reason.BAD_IMAGE_URL)
     host = parsed.raw_host.decode("ascii").lower().rstrip(".")
     address = _ip_literal(host)
-    if address is None and not _HOST_LABELS.match(host):
+    if address is None and not _is_host_name(host):
         raise RefusalError(Reason.BAD_IMAGE_URL)
     if not domain_allowed(host, allowed_domains):
         raise RefusalError(Reason.URL_DOMAIN_REFUSED)
     return UrlTarget(parsed, parsed.scheme, host, port, address)
+
+
+def _is_host_name(host: str) -> bool:
+    """A syntactically valid DNS name, within DNS's length limits."""
+    return (
+        len(host) <= _MAX_NAME
+        and all(len(label) <= _MAX_LABEL for label in host.split("."))
+        and _HOST_LABELS.match(host) is not None
+    )
 
 
 def _ip_literal(host: str) -> IPAddress | None:
@@ -99,7 +112,9 @@ def inet_aton_address(host: str) -> ipaddress.IPv4Address | None:
     if not 1 <= len(parts) <= 4 or not all(_INET_ATON_PART.match(p) for p in parts):
         return None
     values = [
-        int(p, 16) if p[:2].lower() == "0x" else int(p, 8 if p[0] == "0" else 10) for p in parts
+        # A bare "0x" is 0, as glibc's inet_aton reads it.
+        int(p[2:] or "0", 16) if p[:2].lower() == "0x" else int(p, 8 if p[0] == "0" else 10)
+        for p in parts
     ]
     if any(v > 255 for v in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
         return None

@@ -81,13 +81,23 @@ def test_an_image_question_streams_its_answer_and_fills_in_the_numbers(
     expect(items).to_contain_text("beach.jpg · 800×600")
     assert "this image in detail" in page.input_value("#prompt")  # the default template
     page.fill("#max-tokens", str(MAX_TOKENS))
-    # Record the answer's length each time it changes while it streams in.
+    # Record the answer's length after each piece the page appends while it streams in.
+    # Per appended node, not per observer callback: when the machine is busy, several
+    # events can arrive in one network read and be appended before the callback runs.
     page.evaluate(
         """() => {
           const answer = document.getElementById('answer');
           window.answerLengths = [];
-          const record = () => { window.answerLengths.push(answer.textContent.length); };
-          new MutationObserver(record).observe(answer, {childList: true, characterData: true});
+          let length = 0;
+          const record = (mutations) => {
+            for (const mutation of mutations) {
+              for (const node of mutation.addedNodes) {
+                length += node.textContent.length;
+                window.answerLengths.push(length);
+              }
+            }
+          };
+          new MutationObserver(record).observe(answer, {childList: true});
         }"""
     )
     send_with_keyboard(page)

@@ -143,6 +143,20 @@ def test_target_size_meets_every_bound(width: int, height: int):
         assert math.isclose(w / h, width / height, rel_tol=0.1)
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "max_side", "expected"),
+    [
+        (6000, 30, 2048, (2048, 32)),  # the thin side never rounds below one token
+        (4100, 21, 2048, (2048, 32)),
+        (30, 4000, 2048, (32, 2048)),
+        (15, 2000, 2048, (32, 1984)),
+        (256, 2, 256, (256, 32)),
+    ],
+)
+def test_thin_images_keep_their_long_side(width, height, max_side, expected):
+    assert target_size(width, height, max_side, 3_145_728) == expected
+
+
 def test_twelve_megapixel_photo_fits_the_tiny_models_context():
     assert target_size(4000, 3000, 2048, 3_145_728) == (2048, 1536)  # 3,072 image tokens
 

@@ -77,6 +77,11 @@ def photo(width: int, height: int, seed: int = 1) -> Image.Image:
 
 
 JPEG_640 = synthetic_jpeg(640, 480, seed=1)
+XMP_ORIENTATION_6 = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
 CORPUS: dict[str, Case] = {
     # Compliant JPEGs pass byte for byte.
     "compliant_jpeg_640x480": Case(lambda: JPEG_640, Outcome.PASSTHROUGH, (640, 480)),
@@ -98,6 +103,9 @@ CORPUS: dict[str, Case] = {
     "square_over_max_pixels": Case(
         lambda: synthetic_jpeg(2048, 2048, seed=7), Outcome.RESIZED, (1760, 1760)
     ),
+    "thin_png_whose_short_side_would_round_away": Case(
+        lambda: encode(photo(6000, 30), "PNG"), Outcome.RESIZED, (2048, 32)
+    ),
     "long_thin_panorama": Case(
         lambda: synthetic_jpeg(8000, 100, seed=8), Outcome.RESIZED, (2048, 32)
     ),
@@ -115,6 +123,12 @@ CORPUS: dict[str, Case] = {
     ),
     "exif_orientation_3": Case(
         lambda: with_orientation(photo(640, 480), 3), Outcome.CONVERTED, (640, 480)
+    ),
+    # Orientation in XMP (no EXIF): Pillow's exif_transpose, and so vLLM, applies it too.
+    "xmp_orientation_6": Case(
+        lambda: encode(photo(640, 480), "JPEG", quality=90, xmp=XMP_ORIENTATION_6),
+        Outcome.CONVERTED,
+        (480, 640),
     ),
     "exif_orientation_6_and_too_big": Case(
         lambda: with_orientation(photo(4000, 3000), 6), Outcome.RESIZED, (1536, 2048)

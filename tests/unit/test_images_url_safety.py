@@ -53,6 +53,7 @@ IMAGE = synthetic_jpeg(320, 256, seed=11)
         "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
         "64:ff9b:1::c0a8:101",  # local-use NAT64 of 192.168.1.1
         "2001:db8::1",  # documentation
+        "fec0::1",  # deprecated site-local
     ],
 )
 def test_non_global_addresses_are_refused(address: str):
@@ -82,6 +83,8 @@ def test_loopback_is_allowed_only_by_the_test_setting_and_nothing_else_is():
         ("0177.0.0.1", "127.0.0.1"),
         ("127.1", "127.0.0.1"),
         ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
+        ("0x", "0.0.0.0"),  # a bare 0x is 0, as inet_aton reads it
+        ("1.0x", "1.0.0.0"),
         ("1.2.3.4", "1.2.3.4"),
     ],
 )
@@ -109,6 +112,10 @@ def test_host_names_are_not_mistaken_for_addresses(host: str):
         ("http://[fe80::1%25eth0]/a.jpg", Reason.BAD_IMAGE_URL),
         ("http://exa mple.com/a.jpg", Reason.BAD_IMAGE_URL),
         ("http://ex\\ample.com/a.jpg", Reason.BAD_IMAGE_URL),
+        ("http://0x/a.jpg", Reason.URL_ADDRESS_REFUSED),
+        ("http://0X.1/a.jpg", Reason.URL_ADDRESS_REFUSED),
+        ("https://" + "a" * 64 + ".example.com/a.jpg", Reason.BAD_IMAGE_URL),  # DNS: 63 a label
+        ("https://" + ("a" * 60 + ".") * 5 + "com/a.jpg", Reason.BAD_IMAGE_URL),  # > 253
     ],
 )
 def test_urls_refused_before_any_lookup(url: str, reason: Reason):
@@ -305,3 +312,14 @@ async def test_domain_allowlist_is_applied_to_redirect_targets(trap: Trap):
     assert await fetch.fetch(f"http://ok.test:{trap.port}/image.jpg") == IMAGE
     reason = await refusal(fetch, f"http://ok.test:{trap.port}/to/127.0.0.1:{trap.port}/image.jpg")
     assert reason is Reason.URL_DOMAIN_REFUSED
+
+
+@pytest.mark.anyio
+async def test_a_name_the_resolver_cannot_encode_is_a_fetch_failure():
+    async def idna_refusing(
+        host: str, port: int
+    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        raise UnicodeError("label empty or too long")
+
+    fetch = RemoteImageFetcher(FetchPolicy(1000, 5.0, 3, (), False), idna_refusing)
+    assert await refusal(fetch, "https://example.com/a.jpg") is Reason.FETCH_FAILED
