@@ -10,6 +10,7 @@ the words can be served and tested without a GPU or a model hub.
 
 from __future__ import annotations
 
+import json
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -141,10 +142,24 @@ def _check_replaceable(out_dir: Path) -> None:
     """Refuse to replace a directory that holds anything but an earlier tiny checkpoint."""
     if out_dir.is_file():
         raise TinyModelError(f"{out_dir} is a file; give a directory")
-    if not out_dir.is_dir() or (out_dir / MARKER_FILE).is_file():
+    if not out_dir.is_dir() or (out_dir / MARKER_FILE).is_file() or _is_tiny_build(out_dir):
         return
     if any(out_dir.iterdir()):
         raise TinyModelError(
             f"{out_dir} is not empty and holds no tiny checkpoint of ours: "
             "give a new or empty directory (its files would be replaced)"
         )
+
+
+def _is_tiny_build(directory: Path) -> bool:
+    """A checkpoint this module wrote before it left a marker: Qwen3-VL with our sizes."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        text = config["text_config"]
+        return bool(
+            config["architectures"] == ["Qwen3VLForConditionalGeneration"]
+            and text["hidden_size"] == TEXT_CONFIG["hidden_size"]
+            and text["num_hidden_layers"] == TEXT_CONFIG["num_hidden_layers"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -34,3 +34,10 @@ def test_an_earlier_checkpoint_is_replaced(tmp_path: Path, tiny_model_dir: Path)
     rebuilt = build_tiny_model(earlier)
     assert not (rebuilt / "stale.bin").exists()
     assert (rebuilt / "config.json").is_file()
+
+
+def test_a_checkpoint_built_before_the_marker_is_recognised(tmp_path: Path, tiny_model_dir: Path):
+    earlier = tmp_path / "old"
+    earlier.mkdir()
+    (earlier / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    assert (build_tiny_model(earlier) / MARKER_FILE).is_file()
