@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -227,3 +228,28 @@ def test_a_server_answering_429_at_first_is_waited_for(
     # The wait is the server's Retry-After (1 s), not the first backoff step (at most 0.5 s).
     assert "HTTP 429; retrying in 1.0 s" in result.stderr
     assert "captioned 3 images, 0 failed" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_odd_file_names_round_trip_and_resume_against_the_real_engine(
+    tiny_server: RunningServer,
+    counting_proxy: tuple[str, Throttle],
+    tmp_path: Path,
+    suffix: str,
+):
+    photos = tmp_path / "odd"
+    photos.mkdir()
+    latin1 = os.path.join(os.fsencode(photos), b"caf\xe9.jpg")  # not UTF-8
+    with open(latin1, "wb") as file:
+        file.write(synthetic_jpeg(320, 240, seed=41))
+    (photos / "a|b.jpg").write_bytes(synthetic_jpeg(320, 240, seed=42))
+    out = tmp_path / f"captions{suffix}"
+
+    first = caption(str(photos), "--out", str(out), "--base-url", f"{tiny_server.base_url}/v1")
+    assert first.returncode == 0, first.stderr
+    assert "captioned 2 images, 0 failed" in first.stderr.splitlines()[-1]
+    base_url, counter = counting_proxy
+    second = caption(str(photos), "--out", str(out), "--base-url", base_url)
+    assert second.returncode == 0, second.stderr
+    assert "captioned 0 images, 0 failed, 2 skipped" in second.stderr.splitlines()[-1]
+    assert counter.forwarded_chats == 0
