@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from starlette.types import Scope, Send
 
-from qwenvl_serve.routes import GENERATE_CONTENT, route_name
+from qwenvl_serve.routes import ErrorFormat, match_path, route_of
 
 # HTTP status -> Google's canonical status name (google.rpc.Code).
 GOOGLE_STATUS = {
@@ -82,16 +82,20 @@ class ApiError:
             }
         }
 
-    def body_for_path(self, path: str) -> bytes:
-        """The error in the format of the API that ``path`` belongs to, as JSON bytes."""
-        is_google = route_name(path) == GENERATE_CONTENT
+    def body_in(self, error_format: ErrorFormat) -> bytes:
+        """The error in ``error_format``, as JSON bytes."""
+        is_google = error_format is ErrorFormat.GOOGLE
         body = self.google_body() if is_google else self.openai_body()
         return json.dumps(body, ensure_ascii=False).encode()
 
+    def body_for_path(self, path: str) -> bytes:
+        """The error in the format of the API that ``path`` belongs to, as JSON bytes."""
+        return self.body_in(match_path(path).route.error_format)
+
 
 async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
-    """Answer the request with ``error`` in its API's format."""
-    body = error.body_for_path(scope.get("path", ""))
+    """Answer the request with ``error`` in the format of the route the client called."""
+    body = error.body_in(route_of(scope).route.error_format)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -102,3 +106,11 @@ async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
     ]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class RequestRefusedError(Exception):
+    """Raised where a request is refused; the layer that catches it answers ``error``."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error

@@ -45,6 +45,11 @@ def _default_media_limits() -> dict[MediaKind, int]:
     return {"image": 4, "video": 0}
 
 
+# What vLLM allows of a media kind that `--limit-mm-per-prompt` does not name
+# (`MultiModalConfig.get_limit_per_prompt`).
+VLLM_DEFAULT_MEDIA_LIMIT = 999
+
+
 class EngineConfig(StrictModel):
     """vLLM engine settings. Each maps to one vLLM command-line option."""
 
@@ -216,6 +221,16 @@ class InstanceConfig(StrictModel):
     def public_model_name(self) -> str:
         """The model name clients use in requests and see in responses."""
         return self.served_model_name or self.model
+
+    def engine_media_limit(self, kind: MediaKind) -> int:
+        """How many items of ``kind`` vLLM accepts in one prompt under this config."""
+        return self.engine.limit_mm_per_prompt.get(kind, VLLM_DEFAULT_MEDIA_LIMIT)
+
+    @property
+    def max_images_per_request(self) -> int:
+        """The most images one request can carry: both the image layer and vLLM cap it.
+        The server's checks and nginx's body cap both read this one rule."""
+        return min(self.images.max_per_request, self.engine_media_limit("image"))
 
     @property
     def binds_loopback_only(self) -> bool:

@@ -7,7 +7,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qwenvl_serve.access.notes import notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
 from qwenvl_serve.metrics import ServeMetrics
-from qwenvl_serve.routes import OTHER, allowed_methods, route_name
+from qwenvl_serve.routes import OTHER, route_of
 
 NOT_FOUND = ApiError(404, "Not found.", code="not_found")
 REASON = "route"
@@ -15,7 +15,8 @@ REASON = "route"
 
 class RouteAllowlistMiddleware:
     """404 in the route's API format for every path not in :mod:`qwenvl_serve.routes`,
-    405 (with ``Allow``) for a method its route does not answer.
+    405 (with ``Allow``) for a method its route does not answer: the one place either
+    is decided. OPTIONS goes on to vLLM's CORS layer on every route.
 
     WebSocket connections are refused outright: no allowed route is one.
     """
@@ -32,14 +33,15 @@ class RouteAllowlistMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = route_name(scope["path"])
-        methods = allowed_methods(route)
-        if route != OTHER and (scope["method"] in methods or scope["method"] == "OPTIONS"):
+        route = route_of(scope).route
+        methods = route.methods
+        if route.name != OTHER and (scope["method"] in methods or scope["method"] == "OPTIONS"):
             await self.app(scope, receive, send)
             return
         self.rejections.inc()
         notes_for(scope).rejection = REASON
-        await send_error(scope, send, NOT_FOUND if route == OTHER else method_not_allowed(methods))
+        refusal = NOT_FOUND if route.name == OTHER else method_not_allowed(methods)
+        await send_error(scope, send, refusal)
 
 
 def method_not_allowed(methods: tuple[str, ...]) -> ApiError:

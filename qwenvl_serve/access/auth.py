@@ -18,7 +18,7 @@ from qwenvl_serve.access.notes import NO_KEY, notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
 from qwenvl_serve.asgi_body import header
 from qwenvl_serve.metrics import ServeMetrics
-from qwenvl_serve.routes import GENERATE_CONTENT, METRICS, PUBLIC_ROUTES, route_name
+from qwenvl_serve.routes import GENERATE_CONTENT, METRICS, PUBLIC_ROUTES, route_of
 
 UNAUTHORIZED = ApiError(
     401,
@@ -71,7 +71,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = route_name(scope["path"])
+        route = route_of(scope).name
         candidates = self._candidates(route)
         if candidates is None or (route != METRICS and _is_cors_preflight(scope)):
             await self.app(scope, receive, send)

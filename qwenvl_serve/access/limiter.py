@@ -110,8 +110,3 @@ class Limiter:
             ticket.key.in_flight -= 1
             ticket.key.reserved_tokens -= ticket.reserved_tokens
             ticket.key.tokens.add(now, used_tokens)
-
-    def needs_token_estimate(self, key_name: str) -> bool:
-        """True when admitting this key's requests depends on their ``max_tokens``."""
-        key = self._keys.get(key_name)
-        return key is not None and key.tpm is not None

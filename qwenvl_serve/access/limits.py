@@ -17,12 +17,11 @@ from qwenvl_serve.access.limiter import (
     Refusal,
     Ticket,
 )
-from qwenvl_serve.access.notes import RequestNotes, notes_for
-from qwenvl_serve.access.request_facts import parse_json_object, request_facts
+from qwenvl_serve.access.notes import notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
-from qwenvl_serve.asgi_body import BODY_TOO_LARGE, BodyTooLargeError, read_body, replaying
+from qwenvl_serve.core.responses import ResponseWatch
+from qwenvl_serve.core.view import inference_request
 from qwenvl_serve.metrics import ServeMetrics
-from qwenvl_serve.routes import is_inference, route_name
 
 MESSAGES = {
     RPM: "Rate limit reached: too many requests per minute for this key.",
@@ -43,17 +42,22 @@ def refusal_error(refusal: Refusal) -> ApiError:
     )
 
 
-def used_tokens(ticket: Ticket, notes: RequestNotes, status: int | None) -> int:
+def used_tokens(ticket: Ticket, watch: ResponseWatch) -> int:
     """What a finished request costs its key's tpm: its usage; for a success whose usage
     could not be read (the client left mid-stream), the tokens it reserved."""
-    if notes.usage is not None:
-        return notes.usage.total
-    succeeded = status is not None and status < 400
+    usage = watch.succeeded_usage
+    if usage is not None:
+        return usage.total
+    succeeded = watch.status is not None and watch.status < 400
     return ticket.reserved_tokens if succeeded else 0
 
 
 class LimitsMiddleware:
-    """Admits inference requests within their key's and the instance's limits."""
+    """Admits inference requests within their key's and the instance's limits.
+
+    It sits inside the intake layer: a request is counted in flight only once its
+    body has arrived, and its cost fields come from the request view.
+    """
 
     def __init__(
         self,
@@ -61,52 +65,37 @@ class LimitsMiddleware:
         auth: AuthConfig,
         limits: LimitsConfig,
         metrics: ServeMetrics,
-        max_body_bytes: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.limiter = Limiter(auth.keys, limits.max_in_flight)
-        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_inference(scope["method"], scope["path"]):
+        request = inference_request(scope) if scope["type"] == "http" else None
+        if request is None:
             await self.app(scope, receive, send)
             return
         notes = notes_for(scope)
-        requested = 0
-        if self.limiter.needs_token_estimate(notes.key_name):
-            try:
-                body, disconnect = await read_body(scope, receive, self.max_body_bytes)
-            except BodyTooLargeError:
-                await send_error(scope, send, BODY_TOO_LARGE)
-                return
-            parsed = parse_json_object(body)
-            requested = request_facts(route_name(scope["path"]), parsed, scope["path"]).max_tokens
-            receive = replaying(body, receive, disconnect)
-        decision = self.limiter.admit(notes.key_name, requested, self.clock())
+        decision = self.limiter.admit(request.key_name, request.cost.max_tokens, self.clock())
         if isinstance(decision, Refusal):
             self.metrics.rejections.labels(reason=decision.reason).inc()
             notes.rejection = decision.reason
             await send_error(scope, send, refusal_error(decision))
             return
-        await self._serve(scope, receive, send, decision, notes)
+        await self._serve(scope, receive, send, decision)
 
-    async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, ticket: Ticket, notes: RequestNotes
-    ) -> None:
-        status: int | None = None
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, ticket: Ticket) -> None:
+        watch = ResponseWatch()
 
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+        async def send_watched(message: Message) -> None:
+            watch.see(message)
             await send(message)
 
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, send_watched)
         finally:
             self.metrics.in_flight.dec()
-            self.limiter.release(ticket, used_tokens(ticket, notes, status), self.clock())
+            self.limiter.release(ticket, used_tokens(ticket, watch), self.clock())

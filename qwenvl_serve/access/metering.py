@@ -1,78 +1,54 @@
-"""Token metering: usage from JSON and SSE responses, to metrics and the usage log.
+"""Token metering: usage from vLLM's answers, to metrics and the usage log.
 
-For OpenAI streams the client did not ask usage of, the request is changed to ask
-for it (``stream_options.include_usage``) and the usage chunk is cut from what the
-client gets. generateContent responses report ``usageMetadata`` on their own.
+Usage is read from the engine's response events (see :mod:`qwenvl_serve.core.responses`):
+this layer sits inside the API-family translation, so it only ever sees OpenAI answers.
+For a stream the client did not ask usage of, the request view is changed to ask for
+it (``stream_options.include_usage``) and the usage chunk is cut from what the client
+gets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenvl_serve.access.config import MeteringConfig
-from qwenvl_serve.access.notes import final_status, notes_for, request_id_of
-from qwenvl_serve.access.request_facts import (
-    RequestFacts,
-    parse_json_object,
-    request_facts,
-    with_usage_requested,
-)
-from qwenvl_serve.access.usage import JsonUsageCollector, SseUsageScanner, Usage
+from qwenvl_serve.access.notes import final_status, request_id_of
 from qwenvl_serve.access.usage_log import UsageLogWriter, usage_record
-from qwenvl_serve.api_errors import send_error
-from qwenvl_serve.asgi_body import (
-    BODY_TOO_LARGE,
-    BodyTooLargeError,
-    read_body,
-    replaying,
-    with_body_length,
-)
+from qwenvl_serve.core.responses import ResponseWatch, engine_events
+from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.metrics import ServeMetrics
-from qwenvl_serve.routes import GENERATE_CONTENT, is_inference, route_name
 
 _SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 
-class ResponseMeter:
-    """Watches one response's messages for its status and usage."""
+def with_usage_requested(document: dict[str, Any]) -> dict[str, Any]:
+    """The ``stream_options`` that ask for the final usage chunk (and only that one)."""
+    options = document.get("stream_options")
+    kept = {
+        name: value
+        for name, value in (options.items() if isinstance(options, dict) else ())
+        if name != "continuous_usage_stats"
+    }
+    return {**kept, "include_usage": True}
 
-    def __init__(self, drop_usage_chunk: bool) -> None:
-        self.drop_usage_chunk = drop_usage_chunk
-        self.status: int | None = None
-        self._sse: SseUsageScanner | None = None
-        self._json = JsonUsageCollector()
 
-    def see(self, message: Message) -> Message:
-        """Read ``message``; return what to send on (the same, or with a chunk cut out)."""
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-            if content_type.startswith(b"text/event-stream"):
-                self._sse = SseUsageScanner(self.drop_usage_chunk)
-            return message
-        if message["type"] != "http.response.body":
-            return message
-        chunk = message.get("body", b"")
-        if self._sse is None:
-            self._json.feed(chunk)
-            return message
-        forwarded = self._sse.feed(chunk)
-        if not message.get("more_body", False):
-            forwarded += self._sse.finish()
-        return message if forwarded is chunk else {**message, "body": forwarded}
+def without_usage_chunk(message: Message) -> Message:
+    """A body message of vLLM's stream with the usage-only chunk cut out of its bytes.
 
-    def usage(self) -> Usage | None:
-        """The response's usage; None for failures and responses without one."""
-        if self.status is None or self.status >= 400:
-            return None
-        return self._sse.usage if self._sse is not None else self._json.usage()
+    The events stay attached, so outer layers still read the usage.
+    """
+    events = engine_events(message)
+    if not any(event.is_usage_only for event in events):
+        return message
+    body = b"".join(event.raw for event in events if not event.is_usage_only)
+    return {**message, "body": body}
 
 
 class MeteringMiddleware:
@@ -84,12 +60,10 @@ class MeteringMiddleware:
         model_name: str,
         metering: MeteringConfig,
         metrics: ServeMetrics,
-        max_body_bytes: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.model_name = model_name
-        self.max_body_bytes = max_body_bytes
         self.prices = metering.prices
         self.metrics = metrics
         self.clock = clock
@@ -101,56 +75,46 @@ class MeteringMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._closing_log_on_shutdown(send))
             return
-        if scope["type"] != "http" or not is_inference(scope["method"], scope["path"]):
+        request = inference_request(scope) if scope["type"] == "http" else None
+        if request is None:
             await self.app(scope, receive, send)
             return
         started = self.clock()
-        route = route_name(scope["path"])
-        try:
-            body, disconnect = await read_body(scope, receive, self.max_body_bytes)
-        except BodyTooLargeError:
-            body, disconnect = None, None
-        parsed = None if body is None else parse_json_object(body)
-        facts = request_facts(route, parsed, scope["path"])
-        inject = parsed is not None and route != GENERATE_CONTENT
-        inject = inject and facts.stream and not facts.usage_requested
-        if parsed is not None and inject:
-            # ASCII escapes: a lone surrogate in the prompt must not fail the encode.
-            body = json.dumps(with_usage_requested(parsed)).encode()
-            scope = with_body_length(scope, len(body))
-        meter = ResponseMeter(drop_usage_chunk=inject)
+        inject = request.cost.stream and not request.cost.usage_requested
+        if inject:
+            request.document["stream_options"] = with_usage_requested(request.document)
+            request.mark_changed()
+        watch = ResponseWatch()
 
         async def send_metered(message: Message) -> None:
-            await send(meter.see(message))
+            watch.see(message)
+            if inject and message["type"] == "http.response.body":
+                message = without_usage_chunk(message)
+            await send(message)
 
         failed = True
         try:
-            if body is None:  # over the cap: refused here, never buffered whole
-                await send_error(scope, send_metered, BODY_TOO_LARGE)
-            else:
-                await self.app(scope, replaying(body, receive, disconnect), send_metered)
+            await self.app(scope, receive, send_metered)
             failed = False
         finally:
-            self._account(scope, route, facts, meter, self.clock() - started, failed)
+            self._account(scope, request, watch, self.clock() - started, failed)
 
     def _account(
         self,
         scope: Scope,
-        route: str,
-        facts: RequestFacts,
-        meter: ResponseMeter,
+        request: InferenceRequest,
+        watch: ResponseWatch,
         latency: float,
         failed: bool,
     ) -> None:
-        notes = notes_for(scope)
-        usage = meter.usage()
-        notes.usage = usage
+        key_name = request.key_name
+        usage = watch.succeeded_usage
         if usage is not None:
             tokens = self.metrics.tokens
-            tokens.labels(key=notes.key_name, model=self.model_name, type="prompt").inc(
+            tokens.labels(key=key_name, model=self.model_name, type="prompt").inc(
                 usage.prompt_tokens
             )
-            tokens.labels(key=notes.key_name, model=self.model_name, type="completion").inc(
+            tokens.labels(key=key_name, model=self.model_name, type="completion").inc(
                 usage.completion_tokens
             )
         if self.writer is None:
@@ -158,12 +122,12 @@ class MeteringMiddleware:
         record = usage_record(
             at=datetime.now(UTC),
             request_id=request_id_of(scope),
-            key_name=notes.key_name,
+            key_name=key_name,
             model=self.model_name,
-            route=route,
-            status=final_status(meter.status, failed),
+            route=request.route.name,
+            status=final_status(watch.status, failed),
             usage=usage,
-            images=facts.images,
+            images=request.image_count,
             latency_s=latency,
             prices=self.prices,
         )

@@ -2,7 +2,9 @@
 
 The outermost layer (observe) creates one :class:`RequestNotes` per request in
 ``scope["state"]``; inner layers fill it in (which key, which tokens, why refused), and
-observe reads it once the response is done to count and log the request.
+observe reads it once the response is done to count and log the request. These are
+facts learned on the way in; what the response says (status, usage) each layer reads
+from the response messages it relays.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
-from qwenvl_serve.access.usage import Usage
 from qwenvl_serve.asgi_body import header
 
 NO_KEY = "-"  # the key label of requests that presented no valid key (or need none)
@@ -23,7 +24,6 @@ class RequestNotes:
     """Per-request facts gathered by the access layers; never holds secrets or user text."""
 
     key_name: str = NO_KEY
-    usage: Usage | None = None  # set by metering once the response is done
     rejection: str | None = None  # a reason label when an access layer refused the request
 
 

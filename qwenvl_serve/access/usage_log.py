@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl_serve.access.config import PricesConfig
-from qwenvl_serve.access.usage import Usage
+from qwenvl_serve.core.responses import Usage
 
 Record = dict[str, Any]
 logger = logging.getLogger(__name__)

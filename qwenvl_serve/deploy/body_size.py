@@ -13,19 +13,13 @@ TEXT_MARGIN_BYTES = 1 * MIB
 BASE64_GROWTH = 4 / 3
 
 
-def images_per_request(instance: InstanceConfig) -> int:
-    """The most images one request can carry: both the image layer and vLLM cap it."""
-    engine_limit = instance.engine.limit_mm_per_prompt.get("image", 0)
-    return min(instance.images.max_per_request, engine_limit)
-
-
 def derived_body_bytes(instance: InstanceConfig) -> int:
     """Every allowed image at its largest, base64-encoded, plus the text margin.
 
     Never more than the instance's own `images.max_request_bytes`, which it would refuse
     anyway: nginx then answers 413 before the body crosses the network.
     """
-    images = images_per_request(instance) * instance.images.max_bytes * BASE64_GROWTH
+    images = instance.max_images_per_request * instance.images.max_bytes * BASE64_GROWTH
     return min(math.ceil(images) + TEXT_MARGIN_BYTES, instance.images.max_request_bytes)
 
 

@@ -16,6 +16,14 @@ from qwenvl_serve.api_errors import ApiError
 from qwenvl_serve.deploy.body_size import body_limit_mib
 from qwenvl_serve.deploy.config import DeploymentConfig
 from qwenvl_serve.deploy.loading import DeployedModel, Deployment
+from qwenvl_serve.routes import (
+    HEALTH_PATH,
+    INFERENCE_PATHS,
+    METRICS_PATH,
+    MODELS_PATH,
+    PLAYGROUND_PREFIX,
+    generate_content_pattern,
+)
 
 INDENT = "    "
 PER_IP_ZONE = "qwenvl_per_ip"
@@ -24,10 +32,8 @@ CONN_ZONE = "qwenvl_conn_per_ip"
 LOG_FORMAT = "qwenvl_json"
 # Model names that can stand in a generateContent path and in an nginx map key as is.
 ROUTABLE_NAME = re.compile(r"^[A-Za-z0-9._@+-]+$")
-GENAI_PATH = r"(v1|v1beta)/models/[^/]+:(generateContent|streamGenerateContent)$"
-GENAI_PATH_MODEL = (
-    r"(v1|v1beta)/models/(?<qwenvl_model>[^/]+):(generateContent|streamGenerateContent)$"
-)
+GENAI_PATH = generate_content_pattern()
+GENAI_PATH_MODEL = generate_content_pattern("(?<qwenvl_model>")
 # Longest exact map key that fits nginx's default map_hash_bucket_size (64 bytes).
 MAX_HASHED_KEY = 48
 
@@ -330,24 +336,24 @@ def model_locations(prefix: str, routes: ModelRoutes, config: DeploymentConfig) 
     """The allowlisted routes of one model under ``prefix`` ("" for the default model)."""
     upstream = f"http://{routes.upstream}"
     lines: list[str] = []
-    for route in ("/v1/chat/completions", "/v1/completions"):
+    for route in INFERENCE_PATHS:
         lines += block(
             f"location = {prefix}{route}",
             [*inference_settings(routes, config), f"proxy_pass {upstream}{route};"],
         )
     lines += block(
-        f"location = {prefix}/v1/models",
-        [*rate_limits(config), f"proxy_pass {upstream}/v1/models;"],
+        f"location = {prefix}{MODELS_PATH}",
+        [*rate_limits(config), f"proxy_pass {upstream}{MODELS_PATH};"],
     )
-    lines += block(f"location = {prefix}/health", [f"proxy_pass {upstream}/health;"])
+    lines += block(f"location = {prefix}{HEALTH_PATH}", [f"proxy_pass {upstream}{HEALTH_PATH};"])
     if routes.playground:
         lines += block(
-            f"location = {prefix}/playground",
-            [*rate_limits(config), f"proxy_pass {upstream}/playground;"],
+            f"location = {prefix}{PLAYGROUND_PREFIX}",
+            [*rate_limits(config), f"proxy_pass {upstream}{PLAYGROUND_PREFIX};"],
         )
         lines += block(
-            f"location {prefix}/playground/",
-            [*rate_limits(config), f"proxy_pass {upstream}/playground/;"],
+            f"location {prefix}{PLAYGROUND_PREFIX}/",
+            [*rate_limits(config), f"proxy_pass {upstream}{PLAYGROUND_PREFIX}/;"],
         )
     if prefix:
         lines += block(
@@ -366,8 +372,8 @@ def metrics_location(name: str, routes: ModelRoutes, config: DeploymentConfig) -
     per-replica numbers: through nginx a scrape reaches one replica at a time)."""
     allows = [f"allow {network};" for network in config.server.metrics_networks]
     return block(
-        f"location = /{name}/metrics",
-        [*allows, "deny all;", f"proxy_pass http://{routes.upstream}/metrics;"],
+        f"location = /{name}{METRICS_PATH}",
+        [*allows, "deny all;", f"proxy_pass http://{routes.upstream}{METRICS_PATH};"],
     )
 
 

@@ -7,7 +7,6 @@ with the same building blocks.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,24 +88,21 @@ def google_response(chat: Mapping[str, Any]) -> JsonObject:
     return response
 
 
-def error_from_openai(status: int, body: bytes) -> ApiError:
-    """An error answer of the chat completions route, as the same error for Google clients.
+def error_from_openai(status: int, document: object) -> ApiError:
+    """An error answer of the chat completions route (its parsed body), as the same
+    error for Google clients.
 
     Client errors keep the inner message (it tells the caller what to fix); server
     errors get a fixed message, since theirs may carry internals.
     """
     if status >= 500:
         return ApiError(status, _SERVER_FAILURE)
-    message = openai_error_message(body)
+    message = openai_error_message(document)
     return ApiError(status, message or _FALLBACK_MESSAGES.get(status, "The request failed."))
 
 
-def openai_error_message(body: bytes) -> str | None:
-    """``error.message`` of an OpenAI error body, if it has one."""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return None
+def openai_error_message(parsed: object) -> str | None:
+    """``error.message`` of a parsed OpenAI error body, if it has one."""
     error = parsed.get("error") if isinstance(parsed, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     return message if isinstance(message, str) and message else None
@@ -116,4 +112,4 @@ def error_from_openai_chunk(error: Mapping[str, Any]) -> ApiError:
     """An ``{"error": ...}`` event in an OpenAI stream, as a Google error."""
     code = error.get("code")
     status = code if isinstance(code, int) and 400 <= code <= 599 else 500
-    return error_from_openai(status, json.dumps({"error": error}).encode())
+    return error_from_openai(status, {"error": error})

@@ -1,8 +1,9 @@
 """Streaming: OpenAI chat completion chunks (SSE) -> Google ``GenerateContentResponse`` events.
 
-Pure: :class:`StreamConverter` takes the inner route's body bytes as they arrive and
-returns the bytes to send on. Each Google event carries the delta text; the last also
-carries ``finishReason`` and ``usageMetadata``. To put the last text and the finish
+Pure: :class:`StreamConverter` takes the engine's stream events (see
+:mod:`qwenvl_serve.core.responses`) as they arrive and returns the bytes to send on.
+Each Google event carries the delta text; the last also carries ``finishReason`` and
+``usageMetadata``. To put the last text and the finish
 reason in one event, as Google does, each text event is held back until the next one
 (or the end) arrives.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenvl_serve.api_errors import ApiError
+from qwenvl_serve.core.responses import EngineEvent
 from qwenvl_serve.genai.response import (
     JsonObject,
     candidate,
@@ -24,40 +26,8 @@ from qwenvl_serve.genai.response import (
     usage_metadata,
 )
 
-_DONE = "[DONE]"
 _BROKEN_OFF = ApiError(500, "The model server ended the stream early.")
 _BAD_CHUNK = ApiError(500, "The model server sent an unreadable stream event.")
-
-
-class SseDecoder:
-    """Splits an SSE byte stream into event payloads (the joined ``data:`` lines)."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes) -> list[str]:
-        """The payloads of the events that ``chunk`` completes."""
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        payloads = []
-        for raw in lines:
-            line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-            if line:
-                self._add_field(line)
-            elif self._data:
-                payloads.append("\n".join(self._data))
-                self._data = []
-        return payloads
-
-    def close(self) -> list[str]:
-        """A last event the stream ended without a blank line after."""
-        return self.feed(b"\n\n")
-
-    def _add_field(self, line: str) -> None:
-        name, _, value = line.partition(":")
-        if name == "data":
-            self._data.append(value.removeprefix(" "))
 
 
 @dataclass
@@ -151,36 +121,29 @@ class EventFraming:
 
 
 class StreamConverter:
-    """The inner route's SSE body bytes in, the Google stream's body bytes out."""
+    """vLLM's stream events in (read once by the engine edge), the Google stream's bytes out."""
 
     def __init__(self, sse: bool) -> None:
         self.framing = EventFraming(sse)
-        self._decoder = SseDecoder()
         self._translator = ChunkTranslator()
 
-    def feed(self, body: bytes) -> bytes:
-        """Google stream bytes for this piece of the inner body (may be empty)."""
-        return self._translate(self._decoder.feed(body))
+    def feed(self, events: list[EngineEvent]) -> bytes:
+        """Google stream bytes for these engine events (may be empty)."""
+        out: list[JsonObject] = []
+        for event in events:
+            if event.done:
+                out += self._translator.finish()
+                continue
+            chunk = event.document
+            if isinstance(chunk, dict):
+                out += self._translator.feed(chunk)
+            elif event.payload:  # an event with data that is not a JSON object
+                out += self._translator.fail(_BAD_CHUNK)
+        return self.framing.frame(out)
 
     def close(self) -> bytes:
         """The rest of the Google stream once the inner body has ended."""
-        out = self._translate(self._decoder.close())
+        out = b""
         if not self._translator.closed:  # no [DONE]: the inner route broke off
             out += self.framing.frame(self._translator.fail(_BROKEN_OFF))
         return out + self.framing.close()
-
-    def _translate(self, payloads: list[str]) -> bytes:
-        events: list[JsonObject] = []
-        for payload in payloads:
-            if payload == _DONE:
-                events += self._translator.finish()
-                continue
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                chunk = None
-            if isinstance(chunk, dict):
-                events += self._translator.feed(chunk)
-            else:
-                events += self._translator.fail(_BAD_CHUNK)
-        return self.framing.frame(events)

@@ -42,6 +42,30 @@ class RequestRules:
 
 
 @dataclass(frozen=True)
+class MediaPart:
+    """One media content part of a chat conversation, where it is, and what kind."""
+
+    kind: str  # image, video, audio or embeddings (see media_kind)
+    message_index: int
+    part_index: int
+    part: dict[str, Any]
+
+    @property
+    def param(self) -> str:
+        return f"messages[{self.message_index}].content[{self.part_index}]"
+
+
+def media_parts(body: dict[str, Any]) -> list[MediaPart]:
+    """Every media part of a chat body, in request order."""
+    found = []
+    for message_index, part_index, part in _parts(body.get("messages")):
+        kind = media_kind(part)
+        if kind is not None:
+            found.append(MediaPart(kind, message_index, part_index, part))
+    return found
+
+
+@dataclass(frozen=True)
 class ImageSlot:
     """One image part: where it is (for errors and rewriting) and its URL."""
 
@@ -54,9 +78,12 @@ class ImageSlot:
         return f"messages[{self.message_index}].content[{self.part_index}]"
 
 
-def find_images(body: dict[str, Any], rules: RequestRules) -> list[ImageSlot]:
+def find_images(
+    body: dict[str, Any], rules: RequestRules, media: list[MediaPart] | None = None
+) -> list[ImageSlot]:
     """Every image part of ``body`` in request order, after the request-level checks
-    (refused fields, reserved tokens, disabled media kinds, image count)."""
+    (refused fields, reserved tokens, disabled media kinds, image count). ``media`` is
+    ``media_parts(body)`` when the caller has it already."""
     for name in OVERRIDE_FIELDS:
         if body.get(name) is not None and name not in rules.allowed_fields:
             raise RefusalError(Reason.FIELD_NOT_ALLOWED, name)
@@ -64,11 +91,9 @@ def find_images(body: dict[str, Any], rules: RequestRules) -> list[ImageSlot]:
     if token_at is not None:
         raise RefusalError(Reason.VISION_TOKEN, token_at)
     slots: list[ImageSlot] = []
-    for message_index, part_index, part in _parts(body.get("messages")):
-        param = f"messages[{message_index}].content[{part_index}]"
-        kind = media_kind(part)
-        if kind is None:
-            continue
+    for media_part in media_parts(body) if media is None else media:
+        kind, part, param = media_part.kind, media_part.part, media_part.param
+        message_index, part_index = media_part.message_index, media_part.part_index
         if "uuid" in part:
             raise RefusalError(Reason.MEDIA_UUID_REFUSED, param)
         if kind == "embeddings":

@@ -1,18 +1,17 @@
-"""The image normalization layer: the innermost of our middleware, just before vLLM.
+"""The image normalization layer: the last of our layers before the engine edge.
 
-For ``POST /v1/chat/completions`` it buffers the body (capped), refuses what must not
-reach the engine, fetches remote images itself, normalizes every image in a bounded
-thread pool (the images of one request in parallel), rewrites the body with the
-normalized ``data:`` URLs and tells the client the sizes in
-``x-qwenvl-normalized-images``. ``POST /v1/completions`` has no images, but its
-prompt is checked for vision tokens. Everything else passes through untouched.
+For every chat request (whatever API family the client spoke) it works on the request
+view: refuses what must not reach the engine, fetches remote images itself, normalizes
+every image in a bounded thread pool (the images of one request in parallel), puts the
+normalized ``data:`` URLs in the view's document and tells the client the sizes in
+``x-qwenvl-normalized-images``. Completions requests have no images, but their prompt
+is checked for vision tokens. Everything else passes through untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,13 +23,8 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import send_error
-from qwenvl_serve.asgi_body import (
-    BodyTooLargeError,
-    read_body,
-    replaying,
-    with_body_length,
-)
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.images.chat_request import (
     ImageSlot,
     RequestRules,
@@ -50,11 +44,9 @@ from qwenvl_serve.images.metrics import ImageMetrics
 from qwenvl_serve.images.normalize import NormalizedImage, Outcome, normalize_image
 from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.images.reserved_tokens import check_completion_request
-from qwenvl_serve.routes import CHAT_COMPLETIONS, COMPLETIONS, route_name
+from qwenvl_serve.routes import COMPLETIONS_PATH
 
 NORMALIZED_SIZES_HEADER = b"x-qwenvl-normalized-images"
-# Bodies above this size are parsed and serialized in the pool, not on the event loop.
-_LARGE_BODY = 256 * 1024
 _T = TypeVar("_T")
 
 
@@ -68,17 +60,12 @@ class PreparedImage:
 
 def rules_from_config(config: InstanceConfig) -> RequestRules:
     """What a chat request may contain under ``config``."""
-    engine_limits = config.engine.limit_mm_per_prompt
-    max_images = config.images.max_per_request
-    if "image" in engine_limits:
-        max_images = min(max_images, engine_limits["image"])
     return RequestRules(
-        max_images=max_images,
+        max_images=config.max_images_per_request,
         allowed_fields=frozenset(config.images.allowed_request_fields),
-        # Absent from the engine limits means vLLM's default, which allows video;
+        video_enabled=config.engine_media_limit("video") > 0,
         # Qwen3-VL has no audio input, so audio needs an explicit limit.
-        video_enabled=engine_limits.get("video", 1) > 0,
-        audio_enabled=engine_limits.get("audio", 0) > 0,
+        audio_enabled=config.engine.limit_mm_per_prompt.get("audio", 0) > 0,
         remote_urls=config.images.remote_urls,
     )
 
@@ -119,40 +106,27 @@ class ImageNormalizationMiddleware:
         pyvips.cache_set_max(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = route_name(scope["path"]) if scope["type"] == "http" else None
-        if scope.get("method") != "POST" or route not in (CHAT_COMPLETIONS, COMPLETIONS):
+        request = inference_request(scope) if scope["type"] == "http" else None
+        if request is None:
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._read_body(scope, receive)
-            if body is None:
-                return  # the client left before sending its request
-            if route == COMPLETIONS:
-                await self._run(len(body) > _LARGE_BODY, _check_completion, body)
+            if request.engine_path == COMPLETIONS_PATH:
+                check_completion_request(request.document)
                 sizes: list[tuple[int, int]] = []
             else:
-                body, sizes = await self._normalize_request(body)
+                sizes = await self._normalize_request(request)
         except RefusalError as rejected:
             self.metrics.refusals.labels(reason=rejected.reason.code).inc()
             await send_error(scope, send, rejected.api_error())
             return
-        await self.app(
-            with_body_length(scope, len(body)), replaying(body, receive), _with_sizes(send, sizes)
-        )
+        await self.app(scope, receive, _with_sizes(send, sizes))
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The capped body; None when the client left before sending all of it."""
-        try:
-            body, disconnect = await read_body(scope, receive, self.config.max_request_bytes)
-        except BodyTooLargeError:
-            raise RefusalError(Reason.BODY_TOO_LARGE) from None
-        return None if disconnect is not None else body
-
-    async def _normalize_request(self, body: bytes) -> tuple[bytes, list[tuple[int, int]]]:
-        """The body the engine gets and the size of each of its images."""
-        document, slots = await self._run(len(body) > _LARGE_BODY, _parse_request, body, self.rules)
+    async def _normalize_request(self, request: InferenceRequest) -> list[tuple[int, int]]:
+        """Normalize the request's images in its document; the size of each image."""
+        slots = find_images(request.document, self.rules, request.media)
         if not slots:
-            return body, []
+            return []
         for slot in slots:  # every cheap check before any fetch or decode
             self._check_syntax(slot)
         outcomes = await asyncio.gather(
@@ -167,10 +141,11 @@ class ImageNormalizationMiddleware:
             prepared.append(outcome)
         sizes = [(p.image.width, p.image.height) for p in prepared]
         if all(p.url is None for p in prepared):
-            return body, sizes  # every image passes unchanged: forward the client's bytes
+            return sizes  # every image passes unchanged: the client's bytes stay
         urls = [p.url or slot.url for p, slot in zip(prepared, slots, strict=True)]
-        replace_image_urls(document, slots, urls)
-        return await self._run(len(body) > _LARGE_BODY, _serialize, document), sizes
+        replace_image_urls(request.document, slots, urls)
+        request.mark_changed()
+        return sizes
 
     def _check_syntax(self, slot: ImageSlot) -> None:
         try:
@@ -228,30 +203,6 @@ class ImageNormalizationMiddleware:
             return function(*args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, functools.partial(function, *args))
-
-
-def _parse_request(body: bytes, rules: RequestRules) -> tuple[dict[str, Any], list[ImageSlot]]:
-    document = _parse_object(body)
-    return document, find_images(document, rules)
-
-
-def _check_completion(body: bytes) -> None:
-    check_completion_request(_parse_object(body))
-
-
-def _parse_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, or absurdly nested
-        raise RefusalError(Reason.INVALID_JSON) from None
-    if not isinstance(document, dict):
-        raise RefusalError(Reason.INVALID_JSON)
-    return document
-
-
-def _serialize(document: dict[str, Any]) -> bytes:
-    # ASCII escapes: client text may hold a lone surrogate, which UTF-8 cannot encode.
-    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _with_sizes(send: Send, sizes: list[tuple[int, int]]) -> Send:

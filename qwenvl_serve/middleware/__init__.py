@@ -2,6 +2,19 @@
 
 vLLM instantiates :class:`QwenVLServeMiddleware` with the app as its only argument,
 so the resolved configuration arrives through the environment the launcher sets.
+
+Where things go:
+
+- A new client API (Responses, Messages, ...) is a route in :mod:`qwenvl_serve.routes`
+  and an :class:`~qwenvl_serve.core.families.ApiFamily` in
+  :mod:`qwenvl_serve.core.families`: the intake translates it into the one request
+  view, and every layer below works unchanged.
+- A new layer that works on inference requests goes between the intake and the
+  engine edge, reads :func:`~qwenvl_serve.core.view.inference_request`, and changes
+  the view's document (with ``mark_changed``) instead of the body. On the way out it
+  reads vLLM's answers from the engine edge's annotations
+  (:mod:`qwenvl_serve.core.responses`), never by parsing bytes. Add it to
+  :data:`LAYER_ORDER` with the reason for its place.
 """
 
 from __future__ import annotations
@@ -17,14 +30,33 @@ from qwenvl_serve.access.auth import AuthMiddleware
 from qwenvl_serve.access.limits import LimitsMiddleware
 from qwenvl_serve.access.metering import MeteringMiddleware
 from qwenvl_serve.config import InstanceConfig
-from qwenvl_serve.genai.middleware import GenerateContentMiddleware
+from qwenvl_serve.core.engine_edge import EngineEdgeMiddleware
+from qwenvl_serve.core.families import families_from_config
+from qwenvl_serve.core.intake import IntakeMiddleware
 from qwenvl_serve.images.middleware import ImageNormalizationMiddleware
 from qwenvl_serve.launch_plan import CONFIG_ENV_VAR
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.middleware.drain import DrainMiddleware
+from qwenvl_serve.middleware.errors import ErrorBoundaryMiddleware
 from qwenvl_serve.middleware.observe import ObserveMiddleware
 from qwenvl_serve.middleware.request_id import RequestIdMiddleware
 from qwenvl_serve.playground.middleware import PlaygroundMiddleware
+
+# Outermost first: the order a request meets the layers in, and why each stands there.
+LAYER_ORDER: tuple[tuple[str, str], ...] = (
+    ("request id", "first, so every answer and log line, errors included, carries the id"),
+    ("error boundary", "outside everything that can fail: an exception becomes a 500"),
+    ("drain", "after a stop signal, refuses new requests before any work is done"),
+    ("observe", "counts and logs every request, refusals by the layers below included"),
+    ("route allowlist", "404/405 from the route table before a key is even looked at"),
+    ("playground", "static pages; public, so no key is needed"),
+    ("auth", "names the caller's key before anything reads the body"),
+    ("intake", "reads and parses the body once; translates API families to one view"),
+    ("limits", "admits by key and instance with the view's cost fields; body arrived"),
+    ("metering", "inside the translation: sees OpenAI answers only; asks for stream usage"),
+    ("images", "checks and normalizes media in the view; the most expensive, so last"),
+    ("engine edge", "serializes the view once (or passes the client's bytes); reads answers"),
+)
 
 
 def config_from_environment(environ: Mapping[str, str]) -> InstanceConfig:
@@ -38,27 +70,22 @@ def config_from_environment(environ: Mapping[str, str]) -> InstanceConfig:
 
 
 def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistry) -> ASGIApp:
-    """Wrap vLLM's ``app`` in our layers, innermost first.
+    """Wrap vLLM's ``app`` in our layers: :data:`LAYER_ORDER` says why in this order.
 
-    A request meets them in the reverse order: request id -> drain (stop signal) ->
-    observe (request metrics, access log) -> playground (answers /playground only) ->
-    route allowlist -> auth -> limits -> metering -> generateContent adapter -> image
-    normalization -> vLLM. Each layer creates its own metrics in ``registry``.
+    Built innermost first, so the code below reads the order bottom-up.
     """
-    app = ImageNormalizationMiddleware(app, config, registry)  # innermost: OpenAI-shaped only
-    # Every layer that buffers a body stops at the same cap, before buffering it whole.
-    max_body = config.images.max_request_bytes
-    app = GenerateContentMiddleware(
-        app, config.generate_content, config.public_model_name, max_body
-    )
     metrics = ServeMetrics.create(config.public_model_name, registry)
-    app = MeteringMiddleware(app, config.public_model_name, config.metering, metrics, max_body)
-    app = LimitsMiddleware(app, config.auth, config.limits, metrics, max_body)
+    app = EngineEdgeMiddleware(app)
+    app = ImageNormalizationMiddleware(app, config, registry)
+    app = MeteringMiddleware(app, config.public_model_name, config.metering, metrics)
+    app = LimitsMiddleware(app, config.auth, config.limits, metrics)
+    app = IntakeMiddleware(app, families_from_config(config), config.images.max_request_bytes)
     app = AuthMiddleware(app, config.auth, config.metrics, metrics)
-    app = RouteAllowlistMiddleware(app, metrics)
     app = PlaygroundMiddleware(app, config.playground)
+    app = RouteAllowlistMiddleware(app, metrics)
     app = ObserveMiddleware(app, metrics)
-    app = DrainMiddleware(app)  # after a stop signal: 503 for new requests, in-flight finish
+    app = DrainMiddleware(app)
+    app = ErrorBoundaryMiddleware(app)
     return RequestIdMiddleware(app)
 
 

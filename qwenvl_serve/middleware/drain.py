@@ -18,7 +18,7 @@ from types import FrameType
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import ApiError, send_error
-from qwenvl_serve.routes import METRICS, route_name
+from qwenvl_serve.routes import METRICS, route_of
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SHUTTING_DOWN = ApiError(
@@ -79,7 +79,7 @@ class DrainMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.stopping.is_set() and route_name(scope["path"]) != METRICS:
+        if self.stopping.is_set() and route_of(scope).name != METRICS:
             await send_error(scope, send, SHUTTING_DOWN)
             return
         await self.app(scope, receive, send)

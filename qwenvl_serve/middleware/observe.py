@@ -1,8 +1,8 @@
 """Count, time and log every request: the outermost of the access layers' views.
 
-Inner layers leave what they learned (key name, usage, why refused) in the request's
-:class:`~qwenvl_serve.access.notes.RequestNotes`; this layer reads them once the
-response is done, so each request is counted and logged exactly once.
+Inner layers leave what they learned on the way in (key name, why refused) in the
+request's :class:`~qwenvl_serve.access.notes.RequestNotes`; status and usage are read
+from the response messages as they pass. Each request is counted and logged once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenvl_serve.access.logs import access_log_line, access_logger
 from qwenvl_serve.access.notes import RequestNotes, final_status, notes_for, request_id_of
+from qwenvl_serve.core.responses import ResponseWatch, Usage
 from qwenvl_serve.metrics import ServeMetrics
-from qwenvl_serve.routes import route_name
+from qwenvl_serve.routes import route_of
 
 LogLine = Callable[[str], None]
 
@@ -43,12 +44,10 @@ class ObserveMiddleware:
             return
         started = self.clock()
         notes = notes_for(scope)
-        status: int | None = None
+        watch = ResponseWatch()
 
         async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            watch.see(message)
             await send(message)
 
         failed = True
@@ -56,13 +55,15 @@ class ObserveMiddleware:
             await self.app(scope, receive, send_observed)
             failed = False
         finally:
-            self._record(scope, notes, final_status(status, failed), self.clock() - started)
+            status = final_status(watch.status, failed)
+            self._record(scope, notes, status, watch.succeeded_usage, self.clock() - started)
 
-    def _record(self, scope: Scope, notes: RequestNotes, status: int, elapsed: float) -> None:
-        route = route_name(scope["path"])
+    def _record(
+        self, scope: Scope, notes: RequestNotes, status: int, usage: Usage | None, elapsed: float
+    ) -> None:
+        route = route_of(scope).name
         self.metrics.requests.labels(key=notes.key_name, route=route, status=str(status)).inc()
         self.metrics.duration.labels(route=route).observe(elapsed)
-        usage = notes.usage
         self.log_line(
             access_log_line(
                 at=datetime.now(UTC),

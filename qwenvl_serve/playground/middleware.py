@@ -70,14 +70,10 @@ class PlaygroundMiddleware:
             await self.app(scope, receive, send)
             return
         target = resolve(scope["path"])
-        if isinstance(target, NotOurs):
+        # Other methods are refused by the route allowlist, except a CORS preflight,
+        # which vLLM's CORS layer answers as on every route.
+        if isinstance(target, NotOurs) or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
-            return
-        if scope["method"] not in ("GET", "HEAD"):
-            error = ApiError(
-                405, "The playground only answers GET.", headers=[("allow", "GET, HEAD")]
-            )
-            await send_error(scope, send, error)
             return
         if isinstance(target, Redirect):
             await _respond(send, 308, [("location", target.location)], b"", scope["method"])

@@ -1,7 +1,5 @@
 """Sliding windows and the limiter, with time passed in."""
 
-import pytest
-
 from qwenvl_serve.access.config import ApiKeyConfig
 from qwenvl_serve.access.limiter import (
     MAX_CONCURRENT,
@@ -121,10 +119,3 @@ def test_release_is_idempotent():
     limiter.release(ticket, 0, 0.0)
     assert limiter.in_flight == 0
     admitted(limiter.admit("k", 0, 0.0))
-
-
-@pytest.mark.parametrize(("tpm", "expected"), [(None, False), (10, True)])
-def test_only_tpm_keys_need_the_body(tpm, expected):
-    limiter = Limiter([key(tpm=tpm)], max_in_flight=None)
-    assert limiter.needs_token_estimate("k") is expected
-    assert limiter.needs_token_estimate("other") is False

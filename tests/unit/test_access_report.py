@@ -18,8 +18,8 @@ from qwenvl_serve.access.report import (
     render_table,
     summarize,
 )
-from qwenvl_serve.access.usage import Usage
 from qwenvl_serve.access.usage_log import usage_record
+from qwenvl_serve.core.responses import Usage
 
 REPO = Path(__file__).resolve().parents[2]
 PRICES = PricesConfig(prompt_per_1k=0.25, completion_per_1k=1.0)

@@ -22,6 +22,7 @@ from qwenvl_serve.config_loading import resolve_config
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.middleware import QwenVLServeMiddleware
 from qwenvl_serve.middleware.observe import ObserveMiddleware
+from tests.unit.request_core import in_request_core
 
 ALPHA = "alpha-key-0123456789abcdef"
 BETA = "beta-key-0123456789abcdef"
@@ -77,7 +78,7 @@ class FakeVllm:
             await json_response(send, 200, {"path": scope["path"]})
 
     async def chat(self, request: dict[str, Any], send: Send) -> None:
-        completion = request.get("max_tokens", 5)
+        completion = request.get("max_completion_tokens") or request.get("max_tokens", 5)
         usage = {"prompt_tokens": 11, "completion_tokens": completion}
         if not request.get("stream"):
             await json_response(send, 200, {"model": MODEL, "choices": [], "usage": usage})
@@ -435,12 +436,12 @@ async def test_websockets_are_refused():
 
 def layers(inner, config, registry, **clocks):
     metrics = ServeMetrics.create(MODEL, registry)
-    app: ASGIApp = MeteringMiddleware(
-        inner, MODEL, config.metering, metrics, config.images.max_request_bytes
-    )
-    app = LimitsMiddleware(
-        app, config.auth, config.limits, metrics, config.images.max_request_bytes, **clocks
-    )
+
+    def access(app: ASGIApp) -> ASGIApp:
+        app = MeteringMiddleware(app, MODEL, config.metering, metrics)
+        return LimitsMiddleware(app, config.auth, config.limits, metrics, **clocks)
+
+    app = in_request_core(inner, config, access)
     app = AuthMiddleware(app, config.auth, config.metrics, metrics)
     lines: list[str] = []
     return ObserveMiddleware(app, metrics, log_line=lines.append), lines
@@ -560,35 +561,32 @@ async def test_access_log_lines_hold_names_and_numbers_only():
 
 @pytest.mark.anyio
 async def test_generate_content_keys_usage_metadata_and_query_key_removal():
-    seen_queries = []
+    inner = FakeVllm()
+    seen_scopes: list[Scope] = []
 
-    async def google_app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen_queries.append(scope["query_string"])
-        usage = {"promptTokenCount": 30, "candidatesTokenCount": 7}
-        if scope["path"].endswith(":streamGenerateContent"):
-            headers = [(b"content-type", b"text/event-stream")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            chunk = {"candidates": [], "usageMetadata": usage}
-            data = b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n"
-            await send({"type": "http.response.body", "body": data})
-            return
-        await json_response(send, 200, {"candidates": [], "usageMetadata": usage})
+    async def recording_app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen_scopes.append(scope)
+        await inner(scope, receive, send)
 
     registry = CollectorRegistry()
-    app, _ = layers(google_app, make_config(), registry)
-    body = {"contents": [{"parts": [{"text": PROMPT_TEXT}]}]}
+    app, _ = layers(recording_app, make_config(), registry)
+    body = {"contents": [{"parts": [{"text": PROMPT_TEXT}]}], "generationConfig": {}}
+    streamed_body = {**body, "generationConfig": {"maxOutputTokens": 7}}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         by_query = await client.post(
             f"/v1beta/models/{MODEL}:generateContent?key={BETA}", json=body
         )
         streamed = await client.post(
-            f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse&key={BETA}", json=body
+            f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse&key={BETA}", json=streamed_body
         )
         refused = await client.post(f"/v1beta/models/{MODEL}:generateContent", json=body)
     assert by_query.status_code == streamed.status_code == 200
+    assert by_query.json()["usageMetadata"]["promptTokenCount"] == 11
     assert "usageMetadata" in streamed.text  # Google streams keep their usage
-    assert seen_queries == [b"", b"alt=sse"]  # the key never reaches inner layers
+    for scope in seen_scopes:  # the key never reaches vLLM, by query or header
+        assert scope["query_string"] == b""
+        assert BETA.encode() not in b"".join(value for _, value in scope["headers"])
     assert refused.status_code == 401
     assert refused.json() == {
         "error": {
@@ -597,12 +595,12 @@ async def test_generate_content_keys_usage_metadata_and_query_key_removal():
             "status": "UNAUTHENTICATED",
         }
     }
-    assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 60
-    assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 14
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 22
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 5 + 7
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("tpm", [None, 1_000_000])  # with a tpm, the limits layer reads too
+@pytest.mark.parametrize("tpm", [None, 1_000_000])
 async def test_bodies_over_the_cap_are_refused_before_being_buffered(tmp_path, tpm):
     key = {"name": "alpha", "key": ALPHA} | ({"tpm": tpm} if tpm else {})
     config = make_config(tmp_path, images={"max_request_bytes": 1024}, auth={"keys": [key]})
@@ -637,8 +635,8 @@ async def test_bodies_over_the_cap_are_refused_before_being_buffered(tmp_path, t
     assert fits.status_code == 200
     assert [path for path, _ in inner.seen] == ["/v1/chat/completions"]
     records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
-    # The usage log holds what reached metering: with a tpm the limits layer refused first.
-    assert [r["status"] for r in records] == ([200] if tpm else [413, 413, 413, 200])
+    # The usage log holds model requests: the intake refused the others before any ran.
+    assert [r["status"] for r in records] == [200]
 
 
 @pytest.mark.anyio

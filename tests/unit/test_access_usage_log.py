@@ -5,8 +5,8 @@ import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 from qwenvl_serve.access.config import PricesConfig
-from qwenvl_serve.access.usage import Usage
 from qwenvl_serve.access.usage_log import UsageLogWriter, usage_record
+from qwenvl_serve.core.responses import Usage
 
 AT = datetime(2026, 11, 21, 10, 30, 0, 123456, tzinfo=UTC)
 

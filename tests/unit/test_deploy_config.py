@@ -9,9 +9,10 @@ import yaml
 
 from qwenvl_serve.cli import main
 from qwenvl_serve.config_loading import resolve_config
-from qwenvl_serve.deploy.body_size import MIB, derived_body_bytes, images_per_request
+from qwenvl_serve.deploy.body_size import MIB, derived_body_bytes
 from qwenvl_serve.deploy.config import Replica, split_address
 from qwenvl_serve.deploy.loading import PLACEHOLDER_PREFIX, DeploymentError, load_deployment
+from qwenvl_serve.images.middleware import rules_from_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"model": "models/qwen3-vl-tiny", "served_model_name": "tiny-a"}
@@ -158,7 +159,7 @@ def test_cli_prints_one_message_and_exits_2(tmp_path, capsys):
 
 def test_body_size_follows_the_image_limits():
     tiny = resolve_config({"model": "m"})
-    assert images_per_request(tiny) == 4
+    assert tiny.max_images_per_request == 4
     # 4 images of 10 MiB, base64 (x4/3), plus 1 MiB of text: 54.3 MiB, under the 64 MiB cap.
     assert derived_body_bytes(tiny) == math.ceil(4 * 10 * MIB * 4 / 3) + MIB
     fewer = resolve_config({"model": "m", "engine": {"limit_mm_per_prompt": {"image": 1}}})
@@ -167,3 +168,11 @@ def test_body_size_follows_the_image_limits():
     assert derived_body_bytes(text_only) == MIB
     capped = resolve_config({"model": "m", "images": {"max_request_bytes": 8 * MIB}})
     assert derived_body_bytes(capped) == 8 * MIB
+
+
+def test_nginx_and_the_server_read_a_missing_image_limit_the_same_way():
+    # No `image` in the engine limits: vLLM allows 999, so the image layer's own cap holds.
+    video_only = resolve_config({"model": "m", "engine": {"limit_mm_per_prompt": {"video": 1}}})
+    served = rules_from_config(video_only).max_images
+    assert served == video_only.max_images_per_request == 4
+    assert derived_body_bytes(video_only) == math.ceil(served * 10 * MIB * 4 / 3) + MIB

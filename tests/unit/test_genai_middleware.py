@@ -1,4 +1,4 @@
-"""The generateContent layer around a small inner chat completions app."""
+"""The generateContent family (intake -> engine edge) around a small inner chat app."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import httpx
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from qwenvl_serve.genai.config import GenerateContentConfig
-from qwenvl_serve.genai.middleware import GenerateContentMiddleware
+from qwenvl_serve.config_loading import resolve_config
+from qwenvl_serve.core.engine_edge import EngineEdgeMiddleware
+from qwenvl_serve.core.families import families_from_config
+from qwenvl_serve.core.intake import IntakeMiddleware
+from qwenvl_serve.middleware import QwenVLServeMiddleware
 
 pytestmark = pytest.mark.anyio
 MODEL = "qwen3-vl-tiny"
@@ -55,6 +58,10 @@ class ChatApp:
         self.scopes.append(scope)
         if scope["type"] != "http":
             return
+        if scope["method"] == "OPTIONS":  # vLLM's CORS layer answers a preflight
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         message = await receive()
         self.bodies.append(json.loads(message["body"]))
         scope.setdefault("state", {})["seen_by_inner"] = True
@@ -90,9 +97,19 @@ class ChatApp:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
-def layer(inner: ChatApp, aliases: list[str] | None = None) -> GenerateContentMiddleware:
-    config = GenerateContentConfig(model_aliases=aliases or [])
-    return GenerateContentMiddleware(inner, config, MODEL, max_body_bytes=1 << 20)
+def config_with(aliases: list[str] | None = None):
+    return resolve_config(
+        {
+            "model": "m",
+            "served_model_name": MODEL,
+            "generate_content": {"model_aliases": aliases or []},
+        }
+    )
+
+
+def layer(inner: ChatApp, aliases: list[str] | None = None) -> IntakeMiddleware:
+    families = families_from_config(config_with(aliases))
+    return IntakeMiddleware(EngineEdgeMiddleware(inner), families, max_body_bytes=1 << 20)
 
 
 async def post(
@@ -134,7 +151,8 @@ async def test_generate_content_calls_the_chat_route_in_process_and_translates_b
     headers = dict(scope["headers"])
     assert headers[b"content-type"] == b"application/json"
     assert headers[b"x-request-id"] == b"req-1"
-    assert int(headers[b"content-length"]) == len(json.dumps(inner.bodies[0]).encode())
+    compact = json.dumps(inner.bodies[0], separators=(",", ":")).encode()
+    assert int(headers[b"content-length"]) == len(compact)
     assert b"x-goog-api-key" not in headers
     assert b"authorization" not in headers
     assert inner.bodies == [
@@ -171,8 +189,8 @@ async def test_an_unknown_model_is_404_in_google_format_and_never_reaches_the_en
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"{not json", "The request body is not valid JSON."),
-        (b"[" * 5000 + b"]" * 5000, "The request body is not valid JSON."),
+        (b"{not json", "The request body is not a valid JSON object."),
+        (b"[" * 5000 + b"]" * 5000, "The request body is not a valid JSON object."),
         ({**BODY, "safetySettings": []}, "safetySettings is not supported by this server."),
     ],
 )
@@ -199,13 +217,25 @@ async def test_a_deeply_nested_schema_is_400_not_a_crash():
     assert response.json()["error"]["message"] == "The request body is nested too deeply."
 
 
-async def test_get_is_405():
-    transport = httpx.ASGITransport(app=layer(ChatApp()))
+async def test_in_the_stack_get_is_405_and_a_cors_preflight_reaches_the_cors_layer():
+    from prometheus_client import CollectorRegistry
+
+    inner = ChatApp()
+    app = QwenVLServeMiddleware(inner, config_with(), CollectorRegistry())
+    transport = httpx.ASGITransport(app=app)
+    path = f"/v1beta/models/{MODEL}:generateContent"
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        response = await client.get(f"/v1beta/models/{MODEL}:generateContent")
+        response = await client.get(path)
+        preflight = await client.options(
+            path,
+            headers={"Origin": "http://page.test", "Access-Control-Request-Method": "POST"},
+        )
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
     assert response.json()["error"]["code"] == 405
+    # The preflight went on to vLLM's app (here the stand-in), as on the OpenAI routes.
+    assert [scope["method"] for scope in inner.scopes] == ["OPTIONS"]
+    assert preflight.status_code == 200
 
 
 async def test_inner_errors_come_back_in_google_format_with_their_status_and_headers():

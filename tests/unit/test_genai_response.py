@@ -79,14 +79,14 @@ def test_client_errors_keep_the_inner_message_and_status():
     body = json.dumps(
         {"error": {"message": "Prompt too long.", "type": "BadRequestError", "code": 400}}
     )
-    error = error_from_openai(400, body.encode())
+    error = error_from_openai(400, json.loads(body))
     assert error.google_body() == {
         "error": {"code": 400, "message": "Prompt too long.", "status": "INVALID_ARGUMENT"}
     }
 
 
 def test_rate_limits_map_to_resource_exhausted_with_a_fixed_message_when_none_is_given():
-    assert error_from_openai(429, b"not json").google_body() == {
+    assert error_from_openai(429, None).google_body() == {
         "error": {
             "code": 429,
             "message": "Too many requests; try again later.",
@@ -97,7 +97,7 @@ def test_rate_limits_map_to_resource_exhausted_with_a_fixed_message_when_none_is
 
 def test_server_errors_never_pass_inner_text_on():
     body = json.dumps({"error": {"message": "Traceback: KeyError('x') at /srv/engine.py"}})
-    error = error_from_openai(500, body.encode())
+    error = error_from_openai(500, json.loads(body))
     assert error.status == 500
     assert "Traceback" not in error.message
     assert error.google_body()["error"]["status"] == "INTERNAL"  # type: ignore[index]

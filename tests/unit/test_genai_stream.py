@@ -1,11 +1,13 @@
-"""OpenAI chat completion chunks (SSE) -> Google streamGenerateContent events."""
+"""OpenAI chat completion chunks (engine stream events) -> Google streamGenerateContent events."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from qwenvl_serve.genai.stream import ChunkTranslator, SseDecoder, StreamConverter
+from qwenvl_serve.core.responses import EngineEvent
+from qwenvl_serve.core.sse import SseSplitter, event_data
+from qwenvl_serve.genai.stream import ChunkTranslator, StreamConverter
 
 IDENTITY = {"id": "chatcmpl-9", "model": "qwen3-vl-tiny", "object": "chat.completion.chunk"}
 
@@ -44,14 +46,10 @@ def texts(events: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def test_sse_decoder_joins_split_events_and_crlf_lines():
-    decoder = SseDecoder()
-    assert decoder.feed(b'data: {"a"') == []
-    assert decoder.feed(b": 1}\r\n\r\ndata: [DO") == ['{"a": 1}']
-    assert decoder.feed(b"NE]\n") == []
-    assert decoder.feed(b"\n: comment\n\n") == ["[DONE]"]
-    assert decoder.feed(b"data: x\n") == []
-    assert decoder.close() == ["x"]
+def events_of(body: bytes, splitter: SseSplitter | None = None) -> list[EngineEvent]:
+    """The engine events the engine edge would attach for these bytes."""
+    raw = (splitter or SseSplitter()).feed(body)
+    return [EngineEvent(event, event_data(event)) for event in raw]
 
 
 def test_texts_flow_and_the_last_event_carries_finish_reason_and_usage():
@@ -105,7 +103,9 @@ def test_converter_makes_google_sse_from_openai_sse_fed_in_odd_pieces():
     body = sse(chunk("你"), chunk("好"), chunk("。", reason="stop"), USAGE_CHUNK)
     converter = StreamConverter(sse=True)
     assert converter.framing.content_type == b"text/event-stream"
-    out = b"".join(converter.feed(body[i : i + 7]) for i in range(0, len(body), 7))
+    splitter = SseSplitter()
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
+    out = b"".join(converter.feed(events_of(piece, splitter)) for piece in pieces)
     out += converter.close()
     events = sse_events(out)
     assert texts(events) == ["你", "好", "。"]
@@ -117,7 +117,7 @@ def test_converter_makes_google_sse_from_openai_sse_fed_in_odd_pieces():
 def test_converter_without_alt_sse_streams_one_json_array():
     converter = StreamConverter(sse=False)
     assert converter.framing.content_type == b"application/json"
-    out = converter.feed(sse(chunk("a"), chunk("b", reason="stop"), USAGE_CHUNK))
+    out = converter.feed(events_of(sse(chunk("a"), chunk("b", reason="stop"), USAGE_CHUNK)))
     out += converter.close()
     events = json.loads(out)
     assert texts(events) == ["a", "b"]
@@ -127,8 +127,8 @@ def test_converter_without_alt_sse_streams_one_json_array():
 def test_an_error_event_midway_becomes_a_google_error_event_and_ends_the_stream():
     error = {"error": {"message": "engine died: KeyError", "type": "InternalServerError"}}
     converter = StreamConverter(sse=True)
-    out = converter.feed(sse(chunk("a"), chunk("b"), {**error, "code": 500}))
-    out += converter.feed(sse(chunk("late")))  # nothing after the error
+    out = converter.feed(events_of(sse(chunk("a"), chunk("b"), {**error, "code": 500})))
+    out += converter.feed(events_of(sse(chunk("late"))))  # nothing after the error
     out += converter.close()
     events = sse_events(out)
     assert texts(events) == ["a", "b"]
@@ -144,7 +144,7 @@ def test_an_error_event_midway_becomes_a_google_error_event_and_ends_the_stream(
 def test_a_client_error_event_keeps_its_status_and_message():
     error = {"error": {"message": "Bad stop sequence.", "type": "BadRequestError", "code": 400}}
     converter = StreamConverter(sse=True)
-    events = sse_events(converter.feed(sse(error)) + converter.close())
+    events = sse_events(converter.feed(events_of(sse(error))) + converter.close())
     assert events == [
         {"error": {"code": 400, "message": "Bad stop sequence.", "status": "INVALID_ARGUMENT"}}
     ]
@@ -152,7 +152,8 @@ def test_a_client_error_event_keeps_its_status_and_message():
 
 def test_a_stream_that_breaks_off_without_done_ends_with_an_error():
     converter = StreamConverter(sse=True)
-    out = converter.feed(f"data: {json.dumps(chunk('a'))}\n\n".encode()) + converter.close()
+    out = converter.feed(events_of(f"data: {json.dumps(chunk('a'))}\n\n".encode()))
+    out += converter.close()
     events = sse_events(out)
     assert texts(events) == ["a"]
     assert events[-1]["error"]["status"] == "INTERNAL"
@@ -160,7 +161,8 @@ def test_a_stream_that_breaks_off_without_done_ends_with_an_error():
 
 def test_an_unreadable_event_is_an_error_not_a_crash():
     converter = StreamConverter(sse=True)
-    events = sse_events(converter.feed(b"data: {not json\n\ndata: [DONE]\n\n") + converter.close())
+    out = converter.feed(events_of(b"data: {not json\n\ndata: [DONE]\n\n")) + converter.close()
+    events = sse_events(out)
     assert events == [
         {
             "error": {

@@ -13,12 +13,14 @@ import httpx
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.config_loading import resolve_config
 from qwenvl_serve.images import middleware as middleware_module
 from qwenvl_serve.images.middleware import ImageNormalizationMiddleware
 from qwenvl_serve.sample_images import synthetic_jpeg
+from tests.unit.request_core import in_request_core
 from tests.unit.test_images_corpus import encode, with_orientation
 from tests.unit.test_images_url_safety import IMAGE, Trap, trap  # noqa: F401 - fixture
 
@@ -68,14 +70,21 @@ def chat(*urls: str, **fields: object) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": parts}], **fields}
 
 
+def image_layer(inner: ASGIApp, config: InstanceConfig, registry: CollectorRegistry) -> ASGIApp:
+    """The image layer in the request core, as the stack places it."""
+    return in_request_core(
+        inner, config, lambda app: ImageNormalizationMiddleware(app, config, registry)
+    )
+
+
 def layer(
     inner: RecordingApp, registry: CollectorRegistry | None = None, **images: object
-) -> ImageNormalizationMiddleware:
+) -> ASGIApp:
     config = resolve_config({"model": "m", "images": images})
-    return ImageNormalizationMiddleware(inner, config, registry or CollectorRegistry())
+    return image_layer(inner, config, registry or CollectorRegistry())
 
 
-def client(app: ImageNormalizationMiddleware) -> httpx.AsyncClient:
+def client(app: ASGIApp) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
@@ -328,7 +337,7 @@ async def test_other_requests_do_not_wait_behind_a_big_image():
         assert (await big).status_code == 200
 
 
-async def drive(app: ImageNormalizationMiddleware, messages: list[Message]) -> list[Message]:
+async def drive(app: ASGIApp, messages: list[Message]) -> list[Message]:
     """Run one POST to the chat route with the given receive messages; return what was sent."""
     sent: list[Message] = []
     queue = list(messages)
@@ -366,7 +375,7 @@ async def test_disconnect_after_the_body_reaches_the_inner_app():
         await send({"type": "http.response.body", "body": b""})
 
     config = resolve_config({"model": "m"})
-    app = ImageNormalizationMiddleware(watcher, config, CollectorRegistry())
+    app = image_layer(watcher, config, CollectorRegistry())
     body = json.dumps(chat(data_url(SMALL))).encode()
     await drive(
         app,
@@ -382,9 +391,7 @@ async def test_non_http_scopes_pass_through():
     async def lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append(scope["type"])
 
-    app = ImageNormalizationMiddleware(
-        lifespan_app, resolve_config({"model": "m"}), CollectorRegistry()
-    )
+    app = image_layer(lifespan_app, resolve_config({"model": "m"}), CollectorRegistry())
 
     async def receive() -> Message:
         return {"type": "lifespan.startup"}

@@ -87,13 +87,21 @@ async def test_head_has_headers_and_no_body():
 
 
 async def test_other_methods_and_unknown_files_get_openai_style_errors():
+    from prometheus_client import CollectorRegistry
+
+    from qwenvl_serve.config_loading import resolve_config
+    from qwenvl_serve.middleware import QwenVLServeMiddleware
+
+    stack = QwenVLServeMiddleware(inner_app, resolve_config({"model": "m"}), CollectorRegistry())
+    transport = httpx.ASGITransport(app=stack)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as whole:
+        posted = await whole.post("/playground")  # the route table's 405, as on every route
     async with client() as http:
-        posted = await http.post("/playground")
         missing = await http.get("/playground/%2e%2e/%2e%2e/etc/passwd")
         unknown = await http.get("/playground/secret.py")
     assert posted.status_code == 405
     assert posted.headers["allow"] == "GET, HEAD"
-    assert posted.json()["error"]["message"] == "The playground only answers GET."
+    assert posted.json()["error"]["message"] == "Use GET, HEAD."
     assert missing.status_code == 404
     assert unknown.status_code == 404
     assert unknown.json()["error"]["message"] == "No such playground file."

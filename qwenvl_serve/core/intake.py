@@ -1,0 +1,87 @@
+"""The intake layer: every inference request is read once, parsed once, translated once.
+
+For a POST to a route of an API family (see :mod:`qwenvl_serve.core.families`) it
+reads the body under the one cap, parses it, lets the family translate it into the
+OpenAI-shaped document vLLM serves, and shares the result with the inner layers as an
+:class:`~qwenvl_serve.core.view.InferenceRequest`. A family whose clients speak
+another format relays vLLM's answers back in theirs from here, so every layer inside
+sees OpenAI requests and responses only. Everything else passes through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qwenvl_serve.access.notes import notes_for
+from qwenvl_serve.api_errors import RequestRefusedError, send_error
+from qwenvl_serve.asgi_body import BODY_TOO_LARGE, BodyTooLargeError, read_body
+from qwenvl_serve.core.families import ApiFamily
+from qwenvl_serve.core.view import InferenceRequest, attach
+from qwenvl_serve.images.rejections import Reason, RefusalError
+from qwenvl_serve.routes import route_of
+
+_INVALID_JSON = RequestRefusedError(RefusalError(Reason.INVALID_JSON).api_error())
+
+
+def parse_body(body: bytes) -> Any:
+    """The body as JSON: the one parse of a request in our code.
+
+    On the event loop, whatever the size: the C parser holds the GIL throughout, so a
+    thread would not let the loop run meanwhile.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or absurdly nested
+        raise _INVALID_JSON from None
+
+
+class IntakeMiddleware:
+    """Builds the one request view of each inference request."""
+
+    def __init__(
+        self, app: ASGIApp, families: Mapping[str, ApiFamily], max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.families = families
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        family = self._family_of(scope)
+        if family is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body, disconnect = await read_body(scope, receive, self.max_body_bytes)
+        except BodyTooLargeError:
+            await send_error(scope, send, BODY_TOO_LARGE)
+            return
+        if disconnect is not None:
+            return  # the client left before sending its request: nobody to answer
+        match = route_of(scope)
+        try:
+            document = family.to_engine(parse_body(body), match)
+        except RequestRefusedError as refused:
+            await send_error(scope, send, refused.error)
+            return
+        request = InferenceRequest(
+            route=match,
+            original=body,
+            document=document,
+            engine_path=family.engine_path,
+            key_name=notes_for(scope).key_name,
+            translated=family.relay is not None,
+        )
+        attach(scope, request)
+        relay = send if family.relay is None else family.relay(scope, send, match)
+        # The body is consumed; inner layers read the view, and the engine edge replays
+        # the engine's body in front of the client's later messages (disconnects).
+        await self.app(scope, receive, relay)
+
+    def _family_of(self, scope: Scope) -> ApiFamily | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        return self.families.get(route_of(scope).name)

@@ -1,0 +1,173 @@
+"""The one reader of vLLM's responses: JSON bodies and SSE streams, read once.
+
+The engine edge wraps vLLM's ``send`` with :func:`reading_engine_responses`. It marks
+the start of every response that came from vLLM and attaches to each body message the
+:class:`EngineEvent` objects it completes (the whole JSON body at its end; each SSE
+event as it is complete). An event parses its JSON at most once, when first asked.
+Layers on the way out read these annotations instead of the bytes: metering, limits
+and the access log take usage from them, the generateContent translation its chunks.
+Our own error responses carry no annotation, so nothing mistakes them for vLLM's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from starlette.types import Message, Send
+
+from qwenvl_serve.core.sse import SseSplitter, event_data
+
+# Keys our layers add to ASGI messages (servers ignore keys they do not know).
+FROM_ENGINE = "qwenvl_serve.from_engine"  # on http.response.start: vLLM answered
+ENGINE_EVENTS = "qwenvl_serve.engine_events"  # on http.response.body: list[EngineEvent]
+_DONE = b"[DONE]"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one request used."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_in(document: object) -> Usage | None:
+    """The ``usage`` an OpenAI response object or chunk reports."""
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+class EngineEvent:
+    """One complete unit of a vLLM response: a JSON body, or one SSE event."""
+
+    def __init__(self, raw: bytes, payload: bytes) -> None:
+        self.raw = raw  # the bytes as vLLM sent them
+        self.payload = payload  # the JSON text (an SSE event's data)
+
+    @property
+    def done(self) -> bool:
+        """The ``data: [DONE]`` that ends an OpenAI stream."""
+        return self.payload == _DONE
+
+    @cached_property
+    def document(self) -> Any:
+        """The parsed JSON payload; None for ``[DONE]`` and unreadable payloads."""
+        if self.done or not self.payload:
+            return None
+        try:
+            return json.loads(self.payload)
+        except (ValueError, RecursionError):
+            return None
+
+    @cached_property
+    def usage(self) -> Usage | None:
+        """The usage this event reports, if any."""
+        if b'"usage"' not in self.payload:  # most stream events: no parse needed
+            return None
+        return usage_in(self.document)
+
+    @property
+    def is_usage_only(self) -> bool:
+        """The final OpenAI stream chunk that carries usage and no choices."""
+        document = self.document if self.usage is not None else None
+        return isinstance(document, dict) and document.get("choices") == []
+
+
+def engine_events(message: Message) -> list[EngineEvent]:
+    """The events a body message from vLLM completes (none for other messages)."""
+    events = message.get(ENGINE_EVENTS)
+    return events if isinstance(events, list) else []
+
+
+def is_event_stream(message: Message) -> bool:
+    """True for a response start whose content type is ``text/event-stream``."""
+    for name, value in message.get("headers", []):
+        if name.lower() == b"content-type":
+            return bytes(value).lower().startswith(b"text/event-stream")
+    return False
+
+
+def reading_engine_responses(send: Send) -> Send:
+    """``send`` for vLLM's app: annotates its response messages with what they carry.
+
+    An SSE body is passed on at event boundaries (an event cut across chunks waits for
+    its end); a JSON body is passed on as it comes, and its last message carries the
+    whole body as one event.
+    """
+    splitter: SseSplitter | None = None
+    json_parts: list[bytes] = []
+
+    async def send_annotated(message: Message) -> None:
+        nonlocal splitter
+        kind = message["type"]
+        if kind == "http.response.start":
+            splitter = SseSplitter() if is_event_stream(message) else None
+            await send({**message, FROM_ENGINE: True})
+            return
+        if kind != "http.response.body":
+            await send(message)
+            return
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if splitter is not None:
+            await send(_stream_message(splitter, chunk, more, message))
+            return
+        if more:
+            json_parts.append(chunk)
+            await send(message)
+            return
+        whole = b"".join([*json_parts, chunk]) if json_parts else chunk
+        await send({**message, ENGINE_EVENTS: [EngineEvent(whole, whole)]})
+
+    return send_annotated
+
+
+def _stream_message(splitter: SseSplitter, chunk: bytes, more: bool, message: Message) -> Message:
+    had_pending = bool(splitter.pending)
+    raw_events = splitter.feed(chunk)
+    if not more and splitter.pending:
+        raw_events.append(splitter.finish())
+    events = [EngineEvent(raw, event_data(raw)) for raw in raw_events]
+    if had_pending or splitter.pending:  # the body no longer equals the chunk
+        message = {**message, "body": b"".join(raw_events)}
+    return {**message, ENGINE_EVENTS: events}
+
+
+class ResponseWatch:
+    """What a layer learns from the response messages it relays: status and usage."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.usage: Usage | None = None
+        self.from_engine = False
+
+    def see(self, message: Message) -> None:
+        """Read one outgoing message."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.from_engine = bool(message.get(FROM_ENGINE))
+            return
+        for event in engine_events(message):
+            if event.usage is not None:
+                self.usage = event.usage  # the last usage seen is the request's total
+
+    @property
+    def succeeded_usage(self) -> Usage | None:
+        """The usage of a successful engine response; None for failures."""
+        if self.status is None or self.status >= 400:
+            return None
+        return self.usage

@@ -1,0 +1,98 @@
+"""The request view's cost fields, read the way vLLM reads them."""
+
+import pytest
+
+from qwenvl_serve.access.metering import with_usage_requested
+from qwenvl_serve.core.cost import Cost, cost_of
+from qwenvl_serve.core.view import InferenceRequest
+from qwenvl_serve.routes import match_path
+
+
+def chat(**fields):
+    return {"model": "m", "messages": [], **fields}
+
+
+def test_cost_fields_of_a_chat_request():
+    assert cost_of(chat(max_tokens=64, stream=True, n=3)) == Cost(
+        model="m", max_tokens=64, n=3, stream=True, usage_requested=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "max_tokens"),
+    [
+        ({"max_completion_tokens": 9, "max_tokens": 99}, 9),
+        ({"max_tokens": 99}, 99),
+        ({}, 0),
+        ({"max_completion_tokens": None, "max_tokens": 900}, 900),
+        # Read as vLLM's pydantic models read them (lax), so none slips past the tpm check.
+        ({"max_tokens": "99"}, 99),
+        ({"max_tokens": 99.0}, 99),
+        ({"max_tokens": "lots"}, 0),  # vLLM refuses it itself
+        ({"max_tokens": -1}, 0),
+    ],
+)
+def test_max_tokens(fields, max_tokens):
+    assert cost_of(chat(**fields)).max_tokens == max_tokens
+
+
+@pytest.mark.parametrize(("n", "read"), [(None, 1), (4, 4), ("4", 4), (0, 1), ("x", 1)])
+def test_n_is_at_least_one(n, read):
+    assert cost_of(chat(n=n)).n == read
+
+
+@pytest.mark.parametrize(
+    ("fields", "stream", "usage_requested"),
+    [
+        ({"stream": True}, True, False),
+        ({"stream": 1}, True, False),
+        ({"stream": "true"}, True, False),
+        ({"stream": "no"}, False, False),
+        ({"stream": [1]}, False, False),
+        ({"stream": 1, "stream_options": {"include_usage": "true"}}, True, True),
+        ({"stream": 1, "stream_options": {"include_usage": 0}}, True, False),
+        ({"stream": True, "stream_options": "yes"}, True, False),
+    ],
+)
+def test_stream_flags_are_read_as_vllm_reads_them(fields, stream, usage_requested):
+    cost = cost_of(chat(**fields))
+    assert (cost.stream, cost.usage_requested) == (stream, usage_requested)
+
+
+def test_every_image_part_vllm_reads_is_counted_in_the_view():
+    content = [
+        {"type": "image_url", "image_url": {"url": "data:a"}},
+        {"type": "input_image", "image_url": "data:b"},
+        {"image_url": {"url": "data:c"}},  # no type: vLLM reads it by its key
+        {"type": "text", "text": "what is this"},
+    ]
+    document = {"messages": [{"role": "user", "content": content}]}
+    view = InferenceRequest(
+        match_path("/v1/chat/completions"), b"{}", document, "/v1/chat/completions", "-"
+    )
+    assert view.image_count == 3
+    assert [part.param for part in view.media] == [
+        "messages[0].content[0]",
+        "messages[0].content[1]",
+        "messages[0].content[2]",
+    ]
+
+
+def test_an_unchanged_view_gives_the_client_bytes_and_a_changed_one_its_document():
+    original = b'{"model": "m",  "messages": []}'
+    view = InferenceRequest(
+        match_path("/v1/chat/completions"), original, chat(), "/v1/chat/completions", "-"
+    )
+    assert view.engine_body() is original
+    view.document["stream"] = True
+    view.mark_changed()
+    assert view.engine_body() == b'{"model":"m","messages":[],"stream":true}'
+
+
+def test_asking_for_usage_keeps_other_stream_options_but_not_continuous_stats():
+    body = chat(
+        stream=True, stream_options={"include_usage": False, "continuous_usage_stats": True}
+    )
+    assert with_usage_requested(body) == {"include_usage": True}
+    assert body["stream_options"]["include_usage"] is False  # the original is not changed
+    assert with_usage_requested(chat(stream=True)) == {"include_usage": True}

@@ -1,0 +1,190 @@
+"""vLLM's answers read once: usage, stream events, and the usage chunk we cut."""
+
+import json
+
+import pytest
+
+from qwenvl_serve.access.metering import without_usage_chunk
+from qwenvl_serve.core.responses import (
+    ENGINE_EVENTS,
+    FROM_ENGINE,
+    EngineEvent,
+    ResponseWatch,
+    Usage,
+    engine_events,
+    reading_engine_responses,
+    usage_in,
+)
+from qwenvl_serve.core.sse import SseSplitter, event_data
+
+
+def sse(document) -> bytes:
+    return b"data: " + json.dumps(document).encode() + b"\n\n"
+
+
+CONTENT = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+USAGE_CHUNK = {"id": "c", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}}
+DONE = b"data: [DONE]\n\n"
+SSE_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+}
+JSON_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"application/json")],
+}
+
+
+def test_openai_usage():
+    usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    assert usage_in({"usage": usage}) == Usage(7, 2)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [None, [], "text", {"usage": None}, {"usage": "x"}, {"choices": []}, {"error": {"code": 1}}],
+)
+def test_no_usage(document):
+    assert usage_in(document) is None
+
+
+def test_nonsense_counts_read_as_zero():
+    assert usage_in({"usage": {"prompt_tokens": -4, "completion_tokens": True}}) == Usage(0, 0)
+    assert usage_in({"usage": {"prompt_tokens": "12", "completion_tokens": 1.5}}) == Usage(0, 0)
+
+
+def event(document) -> EngineEvent:
+    raw = sse(document)
+    return EngineEvent(raw, event_data(raw))
+
+
+def test_events_know_usage_only_chunks_and_the_end():
+    assert event(USAGE_CHUNK).is_usage_only
+    assert event(USAGE_CHUNK).usage == Usage(12, 3)
+    assert not event(CONTENT).is_usage_only
+    assert event(CONTENT).usage is None
+    assert not event({**CONTENT, "usage": {"prompt_tokens": 1}}).is_usage_only
+    done = EngineEvent(DONE, event_data(DONE))
+    assert done.done
+    assert done.document is None
+
+
+def test_an_event_parses_its_json_once(monkeypatch):
+    calls = []
+    real = json.loads
+    def counting(text):
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(json, "loads", counting)
+    chunk = event(USAGE_CHUNK)
+    assert chunk.usage == Usage(12, 3)
+    assert chunk.is_usage_only
+    assert chunk.document["id"] == "c"
+    assert len(calls) == 1
+
+
+async def relay(messages):
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    annotated = reading_engine_responses(send)
+    for message in messages:
+        await annotated(message)
+    return sent
+
+
+def body(chunk: bytes, more: bool = True):
+    return {"type": "http.response.body", "body": chunk, "more_body": more}
+
+
+@pytest.mark.anyio
+async def test_stream_events_are_attached_and_the_bytes_pass_unchanged():
+    stream = [sse(CONTENT), sse(CONTENT) + sse(USAGE_CHUNK), DONE]
+    sent = await relay([SSE_START, *(body(c) for c in stream), body(b"", more=False)])
+    assert sent[0][FROM_ENGINE] is True
+    assert [m["body"] for m in sent[1:]] == [*stream, b""]
+    assert [len(engine_events(m)) for m in sent[1:]] == [1, 2, 1, 0]
+    watch = ResponseWatch()
+    for message in sent:
+        watch.see(message)
+    assert watch.from_engine
+    assert watch.succeeded_usage == Usage(12, 3)
+
+
+@pytest.mark.anyio
+async def test_events_cut_across_chunks_and_crlf_are_held_until_complete():
+    whole = sse(CONTENT) + sse(USAGE_CHUNK).replace(b"\n", b"\r\n") + DONE
+    pieces = [whole[i : i + 7] for i in range(0, len(whole), 7)]
+    messages = [body(piece) for piece in pieces] + [body(b"", more=False)]
+    sent = await relay([SSE_START, *messages])
+    assert b"".join(m["body"] for m in sent[1:]) == whole
+    events = [e for m in sent[1:] for e in engine_events(m)]
+    assert [e.raw for e in events] == [sse(CONTENT), events[1].raw, DONE]
+    assert events[1].usage == Usage(12, 3)
+    for message in sent[1:]:  # a message's bytes are exactly its complete events
+        assert message["body"] == b"".join(e.raw for e in engine_events(message))
+
+
+@pytest.mark.anyio
+async def test_complete_events_are_never_held_back():
+    chunk = sse(CONTENT)
+    sent = await relay([SSE_START, body(chunk + chunk[:10]), body(chunk[10:])])
+    assert [m["body"] for m in sent[1:]] == [chunk, chunk]
+
+
+@pytest.mark.anyio
+async def test_a_stream_without_a_final_blank_line_still_ends_with_its_tail():
+    sent = await relay([SSE_START, body(sse(CONTENT) + b"data: tail", more=False)])
+    assert sent[1]["body"] == sse(CONTENT) + b"data: tail"
+    assert [e.payload for e in engine_events(sent[1])][-1] == b"tail"
+
+
+@pytest.mark.anyio
+async def test_a_json_answer_is_one_event_at_its_end():
+    document = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    raw = json.dumps(document).encode()
+    sent = await relay([JSON_START, body(raw[:10]), body(raw[10:], more=False)])
+    assert [m["body"] for m in sent[1:]] == [raw[:10], raw[10:]]
+    assert ENGINE_EVENTS not in sent[1]
+    assert engine_events(sent[2])[0].usage == Usage(5, 1)
+
+
+def test_failed_answers_report_no_usage():
+    watch = ResponseWatch()
+    watch.see({**JSON_START, "status": 400})
+    raw = json.dumps({"usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
+    watch.see({**body(raw, more=False), ENGINE_EVENTS: [EngineEvent(raw, raw)]})
+    assert watch.succeeded_usage is None
+
+
+def test_our_own_messages_are_not_the_engine_s():
+    watch = ResponseWatch()
+    watch.see(JSON_START)
+    assert not watch.from_engine
+
+
+def test_the_usage_chunk_we_asked_for_is_cut_and_its_usage_still_read():
+    events = [event(CONTENT), event(USAGE_CHUNK)]
+    message = {**body(sse(CONTENT) + sse(USAGE_CHUNK)), ENGINE_EVENTS: events}
+    cut = without_usage_chunk(message)
+    assert cut["body"] == sse(CONTENT)
+    assert engine_events(cut)[1].usage == Usage(12, 3)
+    plain = {**body(sse(CONTENT)), ENGINE_EVENTS: [event(CONTENT)]}
+    assert without_usage_chunk(plain) is plain
+
+
+def test_the_splitter_keeps_unfinished_tails():
+    splitter = SseSplitter()
+    assert splitter.feed(b"data: a\n\ndata: b") == [b"data: a\n\n"]
+    assert splitter.pending == b"data: b"
+    assert splitter.feed(b"\r\n\r\n") == [b"data: b\r\n\r\n"]
+    assert splitter.finish() == b""
+
+
+def test_event_data_joins_data_lines():
+    assert event_data(b"event: x\ndata: one\ndata:two\n\n") == b"one\ntwo"
