@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import httpx
 
 from qwenvl_serve.bench.metrics import RequestRecord
-from qwenvl_serve.bench.sse import parse_sse_line, split_lines
+from qwenvl_serve.bench.sse import parse_sse_event
+from qwenvl_serve.core.sse import SseSplitter
 
 JSON_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
@@ -46,14 +47,13 @@ async def send_streaming(
             if status != 200:
                 await response.aread()
             else:
-                pending = b""
+                splitter = SseSplitter()
                 # Raw bytes, split here: cheaper per event than httpx's text line
                 # iterator, which matters when client and server share a small machine.
                 async for chunk in response.aiter_raw():
                     now = clock()  # every event of one network chunk arrived together
-                    lines, pending = split_lines(pending, chunk)
-                    for line in lines:
-                        event = parse_sse_line(line)
+                    for raw in splitter.feed(chunk):
+                        event = parse_sse_event(raw)
                         if event is None:
                             continue
                         events += 1

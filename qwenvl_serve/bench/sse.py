@@ -1,10 +1,15 @@
-"""Classify the lines of an OpenAI chat-completions event stream. Pure functions."""
+"""Classify the events of an OpenAI chat-completions stream, as a client sees them. Pure.
+
+Events are cut from the bytes by the project's one SSE parser, :mod:`qwenvl_serve.core.sse`.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from typing import Literal
+
+from qwenvl_serve.core.sse import event_data
 
 EventKind = Literal["token", "usage", "done", "error", "other"]
 
@@ -23,16 +28,16 @@ def _count(usage: dict[str, object], key: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def parse_sse_line(line: str) -> StreamEvent | None:
-    """The event on ``line``, or ``None`` for blank lines, comments and non-data fields."""
-    if not line.startswith("data:"):
+def parse_sse_event(event: bytes) -> StreamEvent | None:
+    """The event's kind, or ``None`` for comments and events without data."""
+    payload = event_data(event).strip()
+    if not payload:
         return None
-    payload = line[len("data:") :].strip()
-    if payload == "[DONE]":
+    if payload == b"[DONE]":
         return StreamEvent("done")
     try:
         chunk = json.loads(payload)
-    except json.JSONDecodeError:
+    except ValueError:
         return StreamEvent("error")
     if not isinstance(chunk, dict) or "error" in chunk:
         return StreamEvent("error")
@@ -45,12 +50,3 @@ def parse_sse_line(line: str) -> StreamEvent | None:
     if isinstance(usage, dict):
         return StreamEvent("usage", prompt, completion)
     return StreamEvent("other")
-
-
-def split_lines(pending: bytes, chunk: bytes) -> tuple[list[str], bytes]:
-    """Complete lines of ``pending + chunk`` (decoded, without line ends) and the rest.
-
-    Network chunks cut events anywhere; the rest waits for the next chunk.
-    """
-    *lines, rest = (pending + chunk).split(b"\n")
-    return [line.rstrip(b"\r").decode("utf-8", "replace") for line in lines], rest

@@ -7,10 +7,11 @@ naming the field, because silently ignoring a setting gives the caller wrong out
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from urllib.parse import urlsplit
+
+import pybase64
 
 from qwenvl_serve.genai.fields import Fields, InvalidRequestError, read_object
 from qwenvl_serve.genai.schema import json_schema_from_google
@@ -153,8 +154,8 @@ def _standard_base64(data: str, name: str) -> str:
     standard = data.translate(_URLSAFE_TO_STANDARD)
     standard += "=" * (-len(standard) % 4)
     try:
-        base64.b64decode(standard, validate=True)
-    except binascii.Error:
+        pybase64.b64decode(standard, validate=True)
+    except (binascii.Error, ValueError):  # bad alphabet or padding, non-ASCII text
         raise InvalidRequestError(f"{name} is not valid base64.") from None
     return standard
 

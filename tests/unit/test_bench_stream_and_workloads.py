@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from qwenvl_serve.bench.machine import cpu_model_from_cpuinfo, memory_gib_from_meminfo
-from qwenvl_serve.bench.sse import StreamEvent, parse_sse_line, split_lines
+from qwenvl_serve.bench.sse import StreamEvent, parse_sse_event
 from qwenvl_serve.bench.workloads import (
     COPY_STRIDE,
     WorkloadSettings,
@@ -23,36 +23,28 @@ from qwenvl_serve.bench.workloads import (
 )
 
 
-def test_sse_lines():
-    assert parse_sse_line("") is None
-    assert parse_sse_line(": ping") is None
-    assert parse_sse_line("event: message") is None
-    assert parse_sse_line("data: [DONE]") == StreamEvent("done")
-    token = parse_sse_line('data: {"choices": [{"delta": {"content": "hi"}}]}')
+def test_sse_events():
+    assert parse_sse_event(b"\n\n") is None
+    assert parse_sse_event(b": ping\n\n") is None
+    assert parse_sse_event(b"event: message\n\n") is None
+    assert parse_sse_event(b"data: [DONE]\n\n") == StreamEvent("done")
+    token = parse_sse_event(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
     assert token == StreamEvent("token")
-    usage = parse_sse_line(
-        'data: {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}}'
+    usage = parse_sse_event(
+        b'data: {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}}\r\n\r\n'
     )
     assert usage == StreamEvent("usage", 12, 3)
-    assert parse_sse_line('data: {"error": {"message": "boom"}}') == StreamEvent("error")
-    assert parse_sse_line("data: {not json") == StreamEvent("error")
-    assert parse_sse_line('data: {"id": "x"}') == StreamEvent("other")
-
-
-def test_lines_are_split_across_network_chunks():
-    lines, rest = split_lines(b"", b'data: {"a"')
-    assert (lines, rest) == ([], b'data: {"a"')
-    lines, rest = split_lines(rest, b": 1}\r\n\ndata: [DO")
-    assert (lines, rest) == (['data: {"a": 1}', ""], b"data: [DO")
-    lines, rest = split_lines(rest, b"NE]\n\n")
-    assert (lines, rest) == (["data: [DONE]", ""], b"")
+    assert parse_sse_event(b'data: {"error": {"message": "boom"}}\n\n') == StreamEvent("error")
+    assert parse_sse_event(b"data: {not json\n\n") == StreamEvent("error")
+    assert parse_sse_event(b'data: {"id": "x"}\n\n') == StreamEvent("other")
 
 
 def test_a_token_chunk_can_carry_usage_too():
-    line = (
-        'data: {"choices": [{"delta": {}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}'
+    event = (
+        b'data: {"choices": [{"delta": {}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}'
+        b"\n\n"
     )
-    assert parse_sse_line(line) == StreamEvent("token", 5, 1)
+    assert parse_sse_event(event) == StreamEvent("token", 5, 1)
 
 
 @pytest.mark.parametrize(("text", "size"), [("640x480", (640, 480)), ("4000X3000", (4000, 3000))])

@@ -74,6 +74,7 @@ def test_events_know_usage_only_chunks_and_the_end():
 def test_an_event_parses_its_json_once(monkeypatch):
     calls = []
     real = json.loads
+
     def counting(text):
         calls.append(text)
         return real(text)

@@ -1,0 +1,153 @@
+"""CPU of our whole middleware stack per request, around a stand-in engine (no vLLM).
+
+    .venv/bin/python benchmarks/request_core/bench_stack.py [--rounds 9] [--requests 300]
+        [--tree before=/path/to/an/older/checkout]
+
+Each round measures every tree in turn (the current one twice: A/A noise), each in a
+fresh worker process, so the figures of one round are taken minutes apart at most.
+A worker drives ``--requests`` requests per case straight through the ASGI stack (no
+HTTP client, no sockets) and reports the process CPU (all threads, so the image pool
+counts) per request. The stand-in engine reads the body and answers a fixed completion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "qwen3-vl-tiny"
+CASES = ("compliant_image", "text")
+ANSWER = json.dumps(
+    {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [{"index": 0, "message": {"content": "A cat."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 314, "completion_tokens": 3, "total_tokens": 317},
+    }
+).encode()
+
+
+def request_body(case: str) -> bytes:
+    from qwenvl_serve.sample_images import synthetic_jpeg
+
+    content: list[dict[str, Any]] = [{"type": "text", "text": "Describe this image."}]
+    if case == "compliant_image":
+        url = "data:image/jpeg;base64," + base64.b64encode(synthetic_jpeg(640, 480, 5)).decode()
+        content.append({"type": "image_url", "image_url": {"url": url}})
+    document = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    return json.dumps({**document, "max_tokens": 16, "temperature": 0}).encode()
+
+
+async def stand_in_engine(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": ANSWER})
+
+
+async def drive(app: Any, body: bytes, requests: int) -> float:
+    """CPU seconds per request for ``requests`` sequential requests through ``app``."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def one() -> None:
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                await asyncio.sleep(3600)  # the client stays connected
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        statuses: list[int] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions", "query_string": b"", "headers": list(headers),
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000), "state": {},
+        }  # fmt: skip
+        await app(scope, receive, send)
+        if statuses != [200]:
+            raise RuntimeError(f"the stack answered {statuses}")
+
+    for _ in range(20):  # warm-up: pools, caches, lazy imports
+        await one()
+    started = time.process_time()
+    for _ in range(requests):
+        await one()
+    return (time.process_time() - started) / requests
+
+
+def worker(case: str, requests: int) -> None:
+    """Run in a fresh process: print the CPU seconds per request of ``case``."""
+    from prometheus_client import CollectorRegistry
+
+    from qwenvl_serve.config_loading import resolve_config
+    from qwenvl_serve.middleware import QwenVLServeMiddleware
+
+    config = resolve_config({"model": "models/qwen3-vl-tiny", "served_model_name": MODEL})
+    app = QwenVLServeMiddleware(stand_in_engine, config, CollectorRegistry())
+    per_request = asyncio.run(drive(app, request_body(case), requests))
+    print(json.dumps({"cpu_s_per_request": per_request}))
+
+
+def measure(tree: Path, case: str, requests: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    argv = [sys.executable, __file__, "--worker", case, "--requests", str(requests)]
+    done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.splitlines()[-1])["cpu_s_per_request"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--tree", action="append", default=[], help="NAME=PATH of a checkout")
+    parser.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/request_core/stack.json")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.requests)
+        return 0
+    trees = {"now": REPO, **{n: Path(p).resolve() for n, p in (t.split("=", 1) for t in args.tree)}}
+    order = ["now", *[name for name in trees if name != "now"], "now (A/A)"]
+    samples: dict[str, dict[str, list[float]]] = {case: {n: [] for n in order} for case in CASES}
+    for round_number in range(args.rounds):
+        for case in CASES:
+            for name in order:
+                tree = trees[name.removesuffix(" (A/A)")]
+                samples[case][name].append(measure(tree, case, args.requests))
+        print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
+    report = {
+        case: {name: statistics.median(values) * 1000 for name, values in by_tree.items()}
+        for case, by_tree in samples.items()
+    }
+    args.out.write_text(json.dumps({"median_ms": report, "samples_s": samples}, indent=2) + "\n")
+    print("| case | " + " | ".join(f"{name} (ms CPU)" for name in order) + " |")
+    print("|---|" + "---|" * len(order))
+    for case, medians in report.items():
+        print(f"| {case} | " + " | ".join(f"{medians[name]:.3f}" for name in order) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""Server CPU per request: vLLM's API-server process, ours vs bare, paired per round.
+
+    .venv/bin/python -m benchmarks.request_core.server_cpu [--rounds 8] [--requests 48]
+        [--before /path/to/an/older/checkout] [--report]
+
+Servers: bare vLLM with our engine arguments, ours (this checkout) and, with
+``--before``, ours from another checkout, all at once on loopback ports. Each round
+sends every case (unique 640x480 images, one repeated image, text only) at each
+concurrency to every target in turn, bare twice (its second pass is the A/A noise
+row), and reads the CPU time of each server's API-server process (the one listening
+on its port; the engine core busy-polls, so its CPU says nothing about our code)
+before and after. Ratios are taken per round and reported as the median, with the
+smallest and largest round. TTFT is the first streamed token, as the client sees it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from benchmarks.servers import (
+    REPO,
+    Server,
+    bare_command,
+    free_port,
+    ours_command,
+    start,
+    stop,
+    wait_ready,
+)
+from qwenvl_serve.bench.goals import replace_block
+from qwenvl_serve.sample_images import synthetic_jpeg
+
+MODEL = "qwen3-vl-tiny"
+CASES = ("unique_image", "repeated_image", "text")
+CONCURRENCIES = (1, 8)
+RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
+OUT = REPO / "benchmarks" / "results" / "server-cpu.json"
+
+
+def image_url(seed: int) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(synthetic_jpeg(640, 480, seed)).decode()
+
+
+def chat(image: str | None) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": "Describe this picture."}]
+    if image is not None:
+        content.append({"type": "image_url", "image_url": {"url": image}})
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+    }
+
+
+def api_server_process(server: Server) -> psutil.Process:
+    """The process of ``server``'s tree that listens on its port: vLLM's API server."""
+    root = psutil.Process(server.process.pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            listening = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == server.port for c in listening):
+            return process
+    raise RuntimeError(f"no process of {server.name} listens on {server.port}")
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+async def one(client: httpx.AsyncClient, body: bytes) -> float:
+    """Send one streaming request; the seconds to its first token."""
+    started = time.perf_counter()
+    first: float | None = None
+    headers = {"content-type": "application/json"}
+    async with client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"status {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if first is None and line.startswith("data:") and '"content"' in line:
+                first = time.perf_counter() - started
+    if first is None:
+        raise RuntimeError("a stream ended without a token")
+    return first
+
+
+async def load(base_url: str, bodies: list[bytes], concurrency: int) -> list[float]:
+    queue = list(bodies)
+    ttfts: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            while queue:
+                ttfts.append(await one(client, queue.pop()))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ttfts
+
+
+@dataclass
+class Sample:
+    cpu_ms_per_request: float
+    ttft_p50_ms: float
+
+
+def measure(server: Server, process: psutil.Process, bodies: list[bytes], c: int) -> Sample:
+    before = cpu_seconds(process)
+    ttfts = asyncio.run(load(server.base_url, bodies, c))
+    used = cpu_seconds(process) - before
+    return Sample(used / len(bodies) * 1000, statistics.median(ttfts) * 1000)
+
+
+def case_bodies(case: str, round_number: int, count: int, concurrency: int) -> list[bytes]:
+    if case == "text":
+        return [json.dumps(chat(None)).encode()] * count
+    if case == "repeated_image":
+        return [json.dumps(chat(image_url(7))).encode()] * count
+    base = 100_000 * concurrency + 1000 * round_number
+    return [json.dumps(chat(image_url(base + i))).encode() for i in range(count)]
+
+
+def start_targets(before: Path | None, log_dir: Path) -> dict[str, Server]:
+    commands = {"bare": bare_command, "ours": ours_command}
+    servers: dict[str, Server] = {}
+    try:
+        for name, command_for in commands.items():
+            port = free_port()
+            servers[name] = start(name, command_for(port), port, log_dir)
+        if before is not None:
+            port = free_port()
+            argv, env = ours_command(port)
+            env = {**env, "PYTHONPATH": str(before)}
+            servers["before"] = start("before", (argv, env), port, log_dir)
+        wait_ready(list(servers.values()))
+    except BaseException:
+        for server in servers.values():
+            stop(server)
+        raise
+    return servers
+
+
+def ratio_text(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f}× ({min(values):.3f}–{max(values):.3f})"
+
+
+def delta_text(values: list[float]) -> str:
+    return f"{statistics.median(values):+.1f} ms ({min(values):+.1f} to {max(values):+.1f})"
+
+
+def report(results: dict[str, Any], targets: list[str]) -> str:
+    compared = [name for name in ("ours", "before") if name in targets]
+    lines = [
+        f"{results['rounds']} rounds of {results['requests']} requests per case, concurrency "
+        f"and target; {results['date']}. CPU: vLLM's API-server process, ms per request "
+        "(median of rounds). Ratios: per round against bare in the same round, median "
+        "(smallest–largest round). `bare again` is bare measured a second time in each "
+        "round: the A/A noise floor.",
+        "",
+        "| case | c | bare ms | " + " | ".join(f"{n} ms" for n in compared) + " | "
+        + " | ".join(f"{n}/bare" for n in compared) + " | bare again/bare (A/A) | "
+        + " | ".join(f"TTFT p50 {n}−bare" for n in compared) + " | TTFT p50 A/A |",
+        "|---|---|---|" + "---|" * (3 * len(compared) + 2),
+    ]  # fmt: skip
+    for key, cell in results["cells"].items():
+        case, c = key.rsplit("@", 1)
+        rounds = cell["rounds"]
+        bare = [r["bare"]["cpu_ms_per_request"] for r in rounds]
+        row = [case, c, f"{statistics.median(bare):.2f}"]
+        row += [
+            f"{statistics.median([r[n]['cpu_ms_per_request'] for r in rounds]):.2f}"
+            for n in compared
+        ]
+        for name in [*compared, "bare again"]:
+            per_round = [r[name]["cpu_ms_per_request"] / r["bare"]["cpu_ms_per_request"]
+                         for r in rounds]  # fmt: skip
+            row.append(ratio_text(per_round))
+        for name in [*compared, "bare again"]:
+            deltas = [r[name]["ttft_p50_ms"] - r["bare"]["ttft_p50_ms"] for r in rounds]
+            row.append(delta_text(deltas))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--before", type=Path, help="another checkout, served as `before`")
+    parser.add_argument("--report", action="store_true", help="write the RESULTS.md block")
+    parser.add_argument("--scratch", type=Path, default=REPO / "benchmarks" / "out" / "cpu")
+    args = parser.parse_args()
+    servers = start_targets(args.before.resolve() if args.before else None, args.scratch)
+    order = ["bare", *(n for n in ("before", "ours") if n in servers), "bare again"]
+    try:
+        processes = {name: api_server_process(server) for name, server in servers.items()}
+        cells: dict[str, Any] = {}
+        for case in CASES:  # warm-up: every server has compiled and cached what it will
+            for name, server in servers.items():
+                measure(server, processes[name], case_bodies(case, 99, 8, 4), 4)
+        for round_number in range(args.rounds):
+            for case in CASES:
+                for c in CONCURRENCIES:
+                    bodies = case_bodies(case, round_number, args.requests, c)
+                    samples: dict[str, Any] = {}
+                    # Rotate who goes first, so no target always follows the same one.
+                    shift = round_number % (len(order) - 1)
+                    for name in order[shift:-1] + order[:shift] + [order[-1]]:
+                        server = servers[name.removesuffix(" again")]
+                        sample = measure(server, processes[server.name], bodies, c)
+                        samples[name] = sample.__dict__
+                    cells.setdefault(f"{case}@{c}", {"rounds": []})["rounds"].append(samples)
+            print(f"round {round_number + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    finally:
+        for server in servers.values():
+            stop(server)
+    results = {
+        "rounds": args.rounds,
+        "requests": args.requests,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "cells": cells,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    table = report(results, list(servers))
+    print(table)
+    if args.report:
+        RESULTS_MD.write_text(replace_block(RESULTS_MD.read_text(), "server-cpu", table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
