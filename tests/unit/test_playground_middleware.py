@@ -18,6 +18,7 @@ from qwenvl_serve.playground.middleware import (
     Serve,
     resolve,
 )
+from qwenvl_serve.routes import is_allowed
 
 pytestmark = pytest.mark.anyio
 
@@ -76,6 +77,14 @@ async def test_templates_come_from_the_caption_prompts():
         templates = (await http.get("/playground/templates.json")).json()
     assert templates["zh"]["alt-text"]["one"] == style_prompt("alt-text", "zh")
     assert "{count}" in templates["en"]["social"]["group"]
+
+
+async def test_the_page_calls_the_paths_of_the_route_table():
+    async with client() as http:
+        routes = (await http.get("/playground/routes.json")).json()
+    assert routes == {"models": "v1/models", "chat_completions": "v1/chat/completions"}
+    for path in routes.values():
+        assert is_allowed("/" + path)
 
 
 async def test_head_has_headers_and_no_body():

@@ -38,6 +38,9 @@
 
   // Relative to the page, so the playground also works behind a path prefix.
   const apiUrl = (path) => new URL(path, document.baseURI).toString();
+  // The API paths come from the server's route table (relative: they work behind prefixes).
+  const routes = fetch(apiUrl("playground/routes.json")).then((response) => response.json());
+  const routeUrl = async (name) => apiUrl((await routes)[name]);
 
   function authHeaders() {
     const key = el.apiKey.value.trim();
@@ -108,7 +111,7 @@
   async function loadModels() {
     let response;
     try {
-      response = await fetch(apiUrl("v1/models"), { headers: authHeaders() });
+      response = await fetch(await routeUrl("models"), { headers: authHeaders() });
     } catch (_) {
       showError("Could not reach the server to list its models.");
       return;
@@ -305,7 +308,7 @@
     let firstToken = null;
     let outcome = "error";
     try {
-      const response = await fetch(apiUrl("v1/chat/completions"), {
+      const response = await fetch(await routeUrl("chat_completions"), {
         method: "POST",
         headers: { "Content-Type": "application/json", ...authHeaders() },
         body: JSON.stringify(body),
