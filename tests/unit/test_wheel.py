@@ -32,7 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md", "qwenvl_serve"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-        copy(REPO / name, source / name)  # type: ignore[operator]
+        copy(REPO / name, source / name)
     out = tmp_path_factory.mktemp("dist")
     build = f"import setuptools.build_meta as b, sys; print(b.build_wheel({str(out)!r}))"
     done = subprocess.run(
