@@ -22,7 +22,7 @@ from qwenvl_serve.config_loading import resolve_config
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.middleware import QwenVLServeMiddleware
 from qwenvl_serve.middleware.observe import ObserveMiddleware
-from tests.unit.request_core import in_request_core
+from tests.unit.request_core import in_request_core, whole_body
 
 ALPHA = "alpha-key-0123456789abcdef"
 BETA = "beta-key-0123456789abcdef"
@@ -60,16 +60,11 @@ class FakeVllm:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                while (message := await receive())["type"] != "lifespan.shutdown":
+                while (await receive())["type"] != "lifespan.shutdown":
                     await send({"type": "lifespan.startup.complete"})
                 await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         request = json.loads(body) if body else {}
         self.seen.append((scope["path"], request))
         if scope["path"] == "/v1/chat/completions":

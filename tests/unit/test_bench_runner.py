@@ -29,6 +29,7 @@ from qwenvl_serve.bench.runner import (
 )
 from qwenvl_serve.bench.slo import parse_slo
 from qwenvl_serve.bench.workloads import WorkloadSettings
+from tests.unit.request_core import whole_body
 
 
 class FakeOpenAIServer:
@@ -44,12 +45,7 @@ class FakeOpenAIServer:
 
     async def __call__(self, scope, receive, send):
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         host = dict(scope["headers"])[b"host"].decode()
         if scope["path"] == "/v1/models":
             payload = json.dumps({"data": [{"id": "fake-model"}]}).encode()

@@ -20,7 +20,7 @@ from qwenvl_serve.config_loading import resolve_config
 from qwenvl_serve.images import middleware as middleware_module
 from qwenvl_serve.images.middleware import ImageNormalizationMiddleware
 from qwenvl_serve.sample_images import synthetic_jpeg
-from tests.unit.request_core import in_request_core
+from tests.unit.request_core import in_request_core, whole_body
 from tests.unit.test_images_corpus import encode, with_orientation
 from tests.unit.test_images_url_safety import IMAGE, Trap, trap  # noqa: F401 - fixture
 
@@ -38,12 +38,7 @@ class RecordingApp:
         self.after_body: list[str] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         self.bodies.append(body)
         self.headers.append(dict(scope["headers"]))
         await send(

@@ -23,6 +23,7 @@ from qwenvl_serve.config_loading import resolve_config
 from qwenvl_serve.images import middleware as images_middleware
 from qwenvl_serve.middleware import LAYER_ORDER, QwenVLServeMiddleware
 from qwenvl_serve.sample_images import synthetic_jpeg
+from tests.unit.request_core import whole_body
 
 MODEL = "tiny"
 MARKER = "a-prompt-marker-7f3a"
@@ -48,12 +49,7 @@ class StubEngine:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         self.bodies.append(body)
         self.scopes.append(scope)
         if MARKER.encode() + b"-engine-fails" in body:
