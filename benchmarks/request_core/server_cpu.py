@@ -22,6 +22,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -215,6 +216,8 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="write the RESULTS.md block")
     parser.add_argument("--scratch", type=Path, default=REPO / "benchmarks" / "out" / "cpu")
     args = parser.parse_args()
+    # A stop signal unwinds through `finally`, so every server started here is ended.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     servers = start_targets(args.before.resolve() if args.before else None, args.scratch)
     order = ["bare", *(n for n in ("before", "ours") if n in servers), "bare again"]
     try:

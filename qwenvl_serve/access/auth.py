@@ -14,6 +14,7 @@ from qwenvl_serve.access.keys import (
     without_query_key,
 )
 from qwenvl_serve.access.logs import server_logger
+from qwenvl_serve.access.metrics_privacy import filtering_per_key_series, uncompressed
 from qwenvl_serve.access.notes import NO_KEY, notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
 from qwenvl_serve.asgi_body import header
@@ -26,6 +27,11 @@ UNAUTHORIZED = ApiError(
     code="invalid_api_key",
     headers=(("WWW-Authenticate", "Bearer"),),
 )
+NOT_A_METRICS_READER = ApiError(
+    403,
+    "This key may not read /metrics; use an admin key or the metrics token.",
+    code="metrics_forbidden",
+)
 REASON = "auth"
 NO_AUTH_WARNING = (
     "auth.keys is empty: every request is served without a key. "
@@ -36,8 +42,9 @@ NO_AUTH_WARNING = (
 class AuthMiddleware:
     """Lets a request in only with a configured key, except on public routes.
 
-    /health and the playground page are public. /metrics is public with
-    ``metrics.public``; otherwise it takes any API key or the metrics token. With no
+    /health and the playground page are public. /metrics takes an admin key or the
+    metrics token (other keys: 403); with ``metrics.public`` anyone may read it, less
+    the per-key series unless an admin key or the token comes with the request. With no
     keys configured (loopback only), only a configured metrics token is ever asked for.
     """
 
@@ -54,7 +61,12 @@ class AuthMiddleware:
         token = metrics_access.token
         scraper = () if token is None else (stored_key(NO_KEY, token),)
         self.metrics_keys: tuple[StoredKey, ...] = (*self.keys, *scraper)
-        self.metrics_open = metrics_access.public or not self.metrics_keys
+        # Who may see every key's series: admin keys and the scraper's token.
+        self.metrics_readers = frozenset(
+            {key.name for key in auth.keys if key.admin} | ({NO_KEY} if scraper else set())
+        )
+        self.metrics_public = metrics_access.public
+        self.metrics_open = not self.metrics_keys  # no keys, no token: nothing to hide
         self.rejections = metrics.rejections.labels(reason=REASON)
         if not self.enabled:
             server_logger().warning(NO_AUTH_WARNING)
@@ -64,16 +76,34 @@ class AuthMiddleware:
         if route in PUBLIC_ROUTES:
             return None
         if route == METRICS:
-            return None if self.metrics_open else self.metrics_keys
+            return None  # open: no key or token is configured
         return self.keys if self.enabled else None
+
+    async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """/metrics: every series for admins and the token, 403 for other keys; when
+        public, everyone else gets it less the per-key series."""
+        presented = presented_key(scope["headers"], scope["query_string"], False)
+        key = match_key(presented, self.metrics_keys)
+        if key is not None and key.name in self.metrics_readers:
+            await self.app(scope, receive, send)
+            return
+        if self.metrics_public:
+            await self.app(uncompressed(scope), receive, filtering_per_key_series(send))
+            return
+        self.rejections.inc()
+        notes_for(scope).rejection = REASON
+        await send_error(scope, send, UNAUTHORIZED if key is None else NOT_A_METRICS_READER)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         route = route_of(scope).name
+        if route == METRICS and not self.metrics_open:
+            await self._serve_metrics(scope, receive, send)
+            return
         candidates = self._candidates(route)
-        if candidates is None or (route != METRICS and _is_cors_preflight(scope)):
+        if candidates is None or _is_cors_preflight(scope):
             await self.app(scope, receive, send)
             return
         query_key_allowed = route == GENERATE_CONTENT

@@ -70,6 +70,13 @@ class ApiKeyConfig(StrictModel):
     max_concurrent: int | None = Field(
         None, ge=1, description="Requests of this key in flight at once. Empty: no limit."
     )
+    admin: bool = Field(
+        False,
+        description=(
+            "May read /metrics, every key's series included. Other keys get 403 there: "
+            "a tenant never sees another tenant's name or counts."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -172,8 +179,9 @@ class MetricsConfig(StrictModel):
     public: bool = Field(
         default=False,
         description=(
-            "Serve /metrics without a key. Otherwise it needs an API key or `metrics.token` "
-            "(when `auth.keys` is empty and no token is set, /metrics is open like the rest)."
+            "Serve /metrics without a key, less the per-key series. Otherwise it needs an "
+            "admin key or `metrics.token` (when `auth.keys` is empty and no token is set, "
+            "/metrics is open like the rest)."
         ),
     )
     token: str | None = Field(

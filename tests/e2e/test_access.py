@@ -266,11 +266,15 @@ def test_generate_content_takes_the_key_in_the_query_and_is_metered(server):
     assert refused.json()["error"]["status"] == "UNAUTHENTICATED"
 
 
-def test_metrics_need_a_key_and_pass_promtool(server: RunningServer):
+def test_metrics_need_an_admin_key_and_pass_promtool(server: RunningServer):
     assert httpx.get(f"{server.base_url}/metrics", timeout=30).status_code == 401
     assert httpx.get(
         f"{server.base_url}/metrics", headers=bearer(WRONG), timeout=30
     ).status_code == (401)
+    # A tenant's key does not open other tenants' names and counts.
+    tenant = httpx.get(f"{server.base_url}/metrics", headers=bearer(ALPHA), timeout=30)
+    assert tenant.status_code == 403
+    assert "beta" not in tenant.text
     text = metrics_text(server)
     for name in (
         "qwenvl_requests_total",

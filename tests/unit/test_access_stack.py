@@ -265,12 +265,26 @@ async def test_cors_preflight_passes_without_a_key(stack):
     assert [path for path, _ in inner.seen] == ["/v1/chat/completions"]
 
 
+ADMIN = "admin-key-0123456789abcdef"
+
+
+def with_admin(**sections):
+    keys = [
+        {"name": "alpha", "key": ALPHA},
+        {"name": "beta", "key": BETA},
+        {"name": "ops", "key": ADMIN, "admin": True},
+    ]
+    return make_config(auth={"keys": keys}, **sections)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("metrics_section", "headers", "status"),
     [
         ({}, {}, 401),
-        ({}, bearer(BETA), 200),
+        ({}, bearer("wrong-key-0123456789"), 401),
+        ({}, bearer(BETA), 403),  # a tenant key
+        ({}, bearer(ADMIN), 200),
         ({"token": SCRAPER}, bearer(SCRAPER), 200),
         ({"token": SCRAPER}, {}, 401),
         ({"public": True}, {}, 200),
@@ -278,11 +292,55 @@ async def test_cors_preflight_passes_without_a_key(stack):
 )
 async def test_metrics_access(metrics_section, headers, status):
     app = QwenVLServeMiddleware(
-        FakeVllm(), config=make_config(metrics=metrics_section), registry=CollectorRegistry()
+        FakeVllm(), config=with_admin(metrics=metrics_section), registry=CollectorRegistry()
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        assert (await client.get("/metrics", headers=headers)).status_code == status
+        response = await client.get("/metrics", headers=headers)
+    assert response.status_code == status
+    if status == 403:
+        assert response.json()["error"]["code"] == "metrics_forbidden"
+
+
+EXPOSITION = b"""# HELP qwenvl_tokens_total Tokens.
+# TYPE qwenvl_tokens_total counter
+qwenvl_tokens_total{key="alpha",model="tiny",type="prompt"} 12.0
+qwenvl_tokens_total{key="-",model="tiny",type="prompt"} 3.0
+qwenvl_requests_total{route="chat_completions",key="beta",status="200"} 2.0
+qwenvl_in_flight 0.0
+vllm:prompt_tokens_total{model_name="tiny"} 15.0
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("headers", "full"), [({}, False), (bearer(BETA), False), (bearer(ADMIN), True)]
+)
+async def test_a_public_metrics_page_hides_per_key_series_from_all_but_admins(headers, full):
+    seen_headers = []
+
+    async def exposition(scope: Scope, receive: Receive, send: Send) -> None:
+        seen_headers.append(dict(scope["headers"]))
+        response_headers = [(b"content-type", b"text/plain"), (b"content-length", b"999")]
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+        await send({"type": "http.response.body", "body": EXPOSITION[:100], "more_body": True})
+        await send({"type": "http.response.body", "body": EXPOSITION[100:]})
+
+    config = with_admin(metrics={"public": True})
+    app = QwenVLServeMiddleware(exposition, config=config, registry=CollectorRegistry())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/metrics", headers={**headers, "Accept-Encoding": "gzip"})
+    assert response.status_code == 200
+    if full:
+        assert response.content == EXPOSITION
+        return
+    assert b"alpha" not in response.content
+    assert b"beta" not in response.content
+    assert b'qwenvl_tokens_total{key="-",model="tiny",type="prompt"} 3.0' in response.content
+    assert b"qwenvl_in_flight 0.0" in response.content
+    assert b"vllm:prompt_tokens_total" in response.content
+    assert b"accept-encoding" not in seen_headers[0]  # plain text, so it can be filtered
 
 
 @pytest.mark.anyio
