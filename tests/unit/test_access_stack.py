@@ -784,3 +784,31 @@ async def test_methods_a_route_does_not_answer_get_405_in_its_format(stack):
     }
     assert inner.seen == []
     assert sample(registry, "qwenvl_rejections_total", reason="route") == 4
+
+
+@pytest.mark.anyio
+async def test_a_response_over_8_mib_is_metered_like_any_other():
+    usage = {"prompt_tokens": 1200, "completion_tokens": 2409}
+
+    async def huge_answer(scope: Scope, receive: Receive, send: Send) -> None:
+        await whole_body(receive)
+        choices = [{"index": i, "message": {"content": "w" * 800_000}} for i in range(12)]
+        body = json.dumps({"choices": choices, "usage": usage}).encode()
+        assert len(body) > 8 * 1024 * 1024
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for start in range(0, len(body), 1 << 20):  # in pieces, as a server may send it
+            piece = body[start : start + (1 << 20)]
+            more = start + (1 << 20) < len(body)
+            await send({"type": "http.response.body", "body": piece, "more_body": more})
+
+    registry = CollectorRegistry()
+    app = QwenVLServeMiddleware(huge_answer, config=make_config(), registry=registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post(
+            "/v1/chat/completions", json=chat_body(n=12), headers=bearer(BETA)
+        )
+    assert response.status_code == 200
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 1200
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 2409
