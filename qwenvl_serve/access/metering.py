@@ -82,8 +82,7 @@ class MeteringMiddleware:
         started = self.clock()
         inject = request.cost.stream and not request.cost.usage_requested
         if inject:
-            request.document["stream_options"] = with_usage_requested(request.document)
-            request.mark_changed()
+            request.override("stream_options", with_usage_requested(request.document))
         watch = ResponseWatch()
 
         async def send_metered(message: Message) -> None:

@@ -3,8 +3,11 @@
 The intake layer builds an :class:`InferenceRequest` once per request, from the body
 read once and parsed once, already translated from the client's API family into the
 OpenAI shape vLLM serves. Inner layers read it (cost fields, media parts, key) and
-change ``document`` in place, saying so with :meth:`InferenceRequest.mark_changed`;
-the engine edge turns it into the body vLLM receives, once.
+change it: a top-level field with :meth:`InferenceRequest.override`, anything deeper in
+``document`` in place followed by :meth:`InferenceRequest.mark_changed`. The engine
+edge turns it into the body vLLM receives, once, copying nothing it need not: the
+client's bytes as they came, those bytes with the overridden fields appended, or the
+whole document serialized.
 """
 
 from __future__ import annotations
@@ -37,12 +40,18 @@ class InferenceRequest:
     engine_path: str
     key_name: str
     translated: bool = False  # the client spoke another API family than vLLM's
-    changed: bool = field(default=False, init=False)
+    rewritten: bool = field(default=False, init=False)  # serialize the whole document
+    overrides: dict[str, Any] = field(default_factory=dict, init=False)
     cost: Cost = field(init=False)
 
     def __post_init__(self) -> None:
-        self.changed = self.translated
+        self.rewritten = self.translated
         self.cost = cost_of(self.document)
+
+    @property
+    def changed(self) -> bool:
+        """vLLM must get other bytes than the client sent."""
+        return self.rewritten or bool(self.overrides)
 
     @cached_property
     def media(self) -> list[MediaPart]:
@@ -54,15 +63,40 @@ class InferenceRequest:
         return sum(1 for part in self.media if part.kind == "image")
 
     def mark_changed(self) -> None:
-        """``document`` was changed: vLLM must get it serialized, not the original bytes."""
-        self.changed = True
+        """``document`` was changed inside: vLLM must get it serialized whole."""
+        self.rewritten = True
+
+    def override(self, name: str, value: Any) -> None:
+        """Set the top-level field ``name``, without serializing the rest again."""
+        self.document[name] = value
+        self.overrides[name] = value
 
     def engine_body(self) -> bytes:
         """The bytes vLLM receives: the client's own when nothing changed."""
-        if not self.changed:
-            return self.original
-        # ASCII escapes: client text may hold a lone surrogate, which UTF-8 cannot encode.
-        return json.dumps(self.document, separators=(",", ":")).encode()
+        if self.rewritten:
+            return _serialized(self.document)
+        if self.overrides:
+            return with_fields_appended(self.original, self.overrides)
+        return self.original
+
+
+def _serialized(value: object) -> bytes:
+    # ASCII escapes: client text may hold a lone surrogate, which UTF-8 cannot encode.
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def with_fields_appended(original: bytes, fields: dict[str, Any]) -> bytes:
+    """A JSON object's bytes with ``fields`` appended as its last members.
+
+    vLLM parses bodies with Python's json module, which keeps the last of duplicate
+    keys, so an appended member replaces one the client sent: the result reads exactly
+    as the document with ``fields`` set, and the client's bytes before it are kept.
+    ``original`` must be a JSON object (the intake parsed it as one).
+    """
+    end = original.rstrip().rfind(b"}")
+    members = b",".join(_serialized(name) + b":" + _serialized(v) for name, v in fields.items())
+    empty = original[:end].rstrip().endswith(b"{")
+    return original[:end] + (b"" if empty else b",") + members + b"}"
 
 
 def attach(scope: Scope, request: InferenceRequest) -> None:

@@ -65,6 +65,17 @@ def inspect(data: bytes, config: ImagesConfig) -> ImageHeader:
     return header
 
 
+def passthrough_image(data: bytes, config: ImagesConfig) -> NormalizedImage | None:
+    """``data`` as it is, when the engine can take it byte for byte; None when it must
+    be re-encoded. Header checks only: refusals raise as in :func:`normalize_image`."""
+    header = inspect(data, config)
+    if not is_compliant(data, header, config):
+        return None
+    return NormalizedImage(
+        data, header.width, header.height, Outcome.PASSTHROUGH, len(data), header.pixels
+    )
+
+
 def normalize_image(data: bytes, config: ImagesConfig) -> NormalizedImage:
     """Check ``data`` and make it safe for the engine: upright, RGB, within bounds,
     sides multiples of 32, JPEG without metadata; compliant JPEGs pass unchanged."""

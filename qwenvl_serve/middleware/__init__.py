@@ -11,7 +11,8 @@ Where things go:
   view, and every layer below works unchanged.
 - A new layer that works on inference requests goes between the intake and the
   engine edge, reads :func:`~qwenvl_serve.core.view.inference_request`, and changes
-  the view's document (with ``mark_changed``) instead of the body. On the way out it
+  the view (``override`` for a top-level field, ``mark_changed`` after changing the
+  document inside) instead of the body. On the way out it
   reads vLLM's answers from the engine edge's annotations
   (:mod:`qwenvl_serve.core.responses`), never by parsing bytes. Add it to
   :data:`LAYER_ORDER` with the reason for its place.

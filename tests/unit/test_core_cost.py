@@ -1,4 +1,6 @@
-"""The request view's cost fields, read the way vLLM reads them."""
+"""The request view's cost fields, read the way vLLM reads them, and its engine body."""
+
+import json
 
 import pytest
 
@@ -87,6 +89,40 @@ def test_an_unchanged_view_gives_the_client_bytes_and_a_changed_one_its_document
     view.document["stream"] = True
     view.mark_changed()
     assert view.engine_body() == b'{"model":"m","messages":[],"stream":true}'
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        b'{"model": "m", "stream_options": {"include_usage": false}, "stream": true}',
+        b'{"model":"m"}  \n',
+        b"{ }",
+        b'{"messages": [{"content": "}"}]}',
+    ],
+)
+def test_an_overridden_field_is_appended_and_reads_as_the_document(original):
+    view = InferenceRequest(
+        match_path("/v1/chat/completions"),
+        original,
+        json.loads(original),
+        "/v1/chat/completions",
+        "-",
+    )
+    view.override("stream_options", {"include_usage": True})
+    body = view.engine_body()
+    assert body.startswith(original.rstrip()[:-1])  # the client's bytes are kept
+    assert json.loads(body) == view.document  # json keeps the last of duplicate keys
+    assert json.loads(body)["stream_options"] == {"include_usage": True}
+
+
+def test_a_rewritten_document_is_serialized_whole_with_its_overrides():
+    view = InferenceRequest(
+        match_path("/v1/chat/completions"), b'{"a": 1}', {"a": 1}, "/v1/chat/completions", "-"
+    )
+    view.override("b", 2)
+    view.document["a"] = 3
+    view.mark_changed()
+    assert json.loads(view.engine_body()) == {"a": 3, "b": 2}
 
 
 def test_asking_for_usage_keeps_other_stream_options_but_not_continuous_stats():

@@ -19,7 +19,7 @@ from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.config_loading import resolve_config
 from qwenvl_serve.images import middleware as middleware_module
 from qwenvl_serve.images.middleware import ImageNormalizationMiddleware
-from qwenvl_serve.sample_images import synthetic_jpeg
+from qwenvl_serve.sample_images import synthetic_jpeg, synthetic_photo
 from tests.unit.request_core import in_request_core, whole_body
 from tests.unit.test_images_corpus import encode, with_orientation
 from tests.unit.test_images_url_safety import IMAGE, Trap, trap  # noqa: F401 - fixture
@@ -313,7 +313,9 @@ async def test_images_of_one_request_are_normalized_in_parallel(monkeypatch: pyt
     monkeypatch.setattr(middleware_module, "prepare_data_url", meet_then_prepare)
     inner = RecordingApp()
     async with client(layer(inner)) as http:
-        response = await http.post(CHAT, json=chat(data_url(SMALL), data_url(BIG)))
+        # Both need re-encoding (a small compliant JPEG is checked on the loop instead).
+        png = data_url(encode(synthetic_photo(640, 480, 3), "PNG"), "image/png")
+        response = await http.post(CHAT, json=chat(data_url(BIG), png))
     assert response.status_code == 200
     assert len(met) == 2
     assert not barrier.broken
