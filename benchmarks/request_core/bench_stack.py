@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "qwen3-vl-tiny"
 CASES = ("compliant_image", "text")
+RESULT_ENV = "QWENVL_BENCH_RESULT"
 ANSWER = json.dumps(
     {
         "id": "c1",
@@ -107,14 +109,17 @@ def worker(case: str, requests: int) -> None:
     config = resolve_config({"model": "models/qwen3-vl-tiny", "served_model_name": MODEL})
     app = QwenVLServeMiddleware(stand_in_engine, config, CollectorRegistry())
     per_request = asyncio.run(drive(app, request_body(case), requests))
-    print(json.dumps({"cpu_s_per_request": per_request}))
+    Path(os.environ[RESULT_ENV]).write_text(json.dumps({"cpu_s_per_request": per_request}))
 
 
 def measure(tree: Path, case: str, requests: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    argv = [sys.executable, __file__, "--worker", case, "--requests", str(requests)]
-    done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=True)
-    return float(json.loads(done.stdout.splitlines()[-1])["cpu_s_per_request"])
+    """One worker run; its access log goes to /dev/null, as a log file costs little."""
+    with tempfile.TemporaryDirectory() as scratch:
+        result = Path(scratch) / "result.json"
+        env = {**os.environ, "PYTHONPATH": str(tree), RESULT_ENV: str(result)}
+        argv = [sys.executable, __file__, "--worker", case, "--requests", str(requests)]
+        subprocess.run(argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, check=True)
+        return float(json.loads(result.read_text())["cpu_s_per_request"])
 
 
 def main() -> int:
