@@ -160,11 +160,6 @@ def is_allowed(path: str) -> bool:
     return match_path(path).name != OTHER
 
 
-def allowed_methods(route: str) -> tuple[str, ...]:
-    """The HTTP methods ``route`` answers (none for ``other``)."""
-    return ROUTES[route].methods if route in ROUTES else ()
-
-
 def is_inference(method: str, path: str) -> bool:
     """A request that runs the model."""
     return method == "POST" and match_path(path).route.inference
