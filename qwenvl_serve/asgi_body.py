@@ -7,6 +7,9 @@ mid-body is seen the same way everywhere.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 from starlette.types import Message, Receive, Scope
 
 from qwenvl_serve.api_errors import ApiError
@@ -16,8 +19,36 @@ BODY_TOO_LARGE_MESSAGE = "The request body is larger than this server accepts."
 BODY_TOO_LARGE = ApiError(413, BODY_TOO_LARGE_MESSAGE, code="request_too_large")
 
 
+BODY_TOO_SLOW = ApiError(408, "The request body arrived too slowly.", code="request_timeout")
+
+
 class BodyTooLargeError(Exception):
     """The body (declared or received) is longer than the reader's limit."""
+
+
+class BodyTooSlowError(Exception):
+    """The body did not arrive within its deadline or at its minimum rate."""
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How slowly a client may send a body: all of it within ``timeout_s``, and, after
+    the first ``grace_s``, at least ``min_bytes_per_s`` on average (0: no minimum)."""
+
+    timeout_s: float
+    min_bytes_per_s: int
+    grace_s: float = 5.0
+
+    def deadline(self, started: float, received: int) -> float:
+        """When the body is too slow unless more of it arrives first."""
+        overall = started + self.timeout_s
+        if self.min_bytes_per_s <= 0:
+            return overall
+        # received >= rate * (t - started - grace)  <=>  t <= started + grace + received / rate
+        return min(overall, started + self.grace_s + received / self.min_bytes_per_s)
+
+
+REQUEST_ID_HEADER = b"x-request-id"  # the request id every layer and vLLM read
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -32,19 +63,30 @@ def declared_length(scope: Scope) -> int | None:
 
 
 async def read_body(
-    scope: Scope, receive: Receive, limit: int | None = None
+    scope: Scope, receive: Receive, limit: int | None = None, pace: BodyPace | None = None
 ) -> tuple[bytes, Message | None]:
     """The whole body, and the disconnect message if the client left while sending it.
 
     With a ``limit``, BodyTooLargeError as soon as the declared or received length
-    passes it: a huge body is never buffered.
+    passes it: a huge body is never buffered. With a ``pace``, BodyTooSlowError when
+    the body falls behind it.
     """
     if limit is not None and (declared_length(scope) or 0) > limit:
         raise BodyTooLargeError
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     chunks: list[bytes] = []
     received = 0
     while True:
-        message = await receive()
+        if pace is None:
+            message = await receive()
+        else:
+            try:
+                # asyncio.timeout_at: a timer, no extra task, on the hot path.
+                async with asyncio.timeout_at(pace.deadline(started, received)):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlowError from None
         if message["type"] == "http.disconnect":
             return b"".join(chunks), message
         chunk = message.get("body", b"")

@@ -36,6 +36,7 @@ RESERVED_FLAGS: dict[str, str] = {
     "--reasoning-parser": "set `engine.reasoning_parser`",
     "--mm-processor-kwargs": "set `images.max_pixels`: both layers must agree on it",
     "--shutdown-timeout": "set `shutdown.drain_seconds`",
+    "--max-logprobs": "set `limits.max_logprobs`",
     "--middleware": "qwenvl-serve loads its own middleware",
     "--allowed-media-domains": "images are fetched by our layer; see `images.remote_urls`",
     "--allowed-local-media-path": "images arrive only as data: or http(s) URLs",

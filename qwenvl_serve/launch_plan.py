@@ -53,6 +53,8 @@ def build_vllm_args(config: InstanceConfig) -> list[str]:
         # Our JSON access log replaces uvicorn's, which would print `?key=` secrets.
         "--disable-uvicorn-access-log",
         "--shutdown-timeout", str(drain_timeout_seconds(config.shutdown.drain_seconds)),
+        # vLLM's own logprobs bound, behind ours (which answers in the route's format).
+        "--max-logprobs", str(config.limits.max_logprobs),
     ]  # fmt: skip
     optional: list[tuple[str, object | None]] = [
         ("--quantization", engine.quantization),

@@ -11,7 +11,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from qwenvl_serve.config_base import StrictModel
@@ -122,7 +122,8 @@ class AuthConfig(StrictModel):
 
 
 class LimitsConfig(StrictModel):
-    """Whole-instance limits."""
+    """Whole-instance limits: what is in flight, what one request may cost, how slow a
+    client may send. A request beyond a cost bound gets 400 naming the field."""
 
     max_in_flight: int | None = Field(
         default=256,
@@ -132,6 +133,69 @@ class LimitsConfig(StrictModel):
             "once with 503 and `Retry-After` instead of queueing. Empty: no limit."
         ),
     )
+    max_n: int = Field(
+        default=8,
+        ge=1,
+        description="Most choices one request may ask for (`n`; Google's `candidateCount`).",
+    )
+    default_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description=(
+            "Output tokens per choice for a request that sets no `max_tokens` / "
+            "`max_completion_tokens` (`maxOutputTokens`); without it, a request runs to "
+            "the context limit."
+        ),
+    )
+    max_tokens: int = Field(
+        default=8192,
+        ge=1,
+        description="Most output tokens per choice a request may ask for.",
+    )
+    beam_search: bool = Field(
+        default=False,
+        description=(
+            "Allow `use_beam_search`. Beam search runs many engine requests per request and "
+            "is metered as vLLM reports it."
+        ),
+    )
+    max_logprobs: int = Field(
+        default=20,
+        ge=0,
+        description=(
+            "Most logprobs per token (`top_logprobs`, completions' `logprobs`, "
+            "`logprob_token_ids`); -1, the whole vocabulary, is refused. Also vLLM's "
+            "`--max-logprobs`."
+        ),
+    )
+    prompt_logprobs: bool = Field(
+        default=False,
+        description=(
+            "Allow `prompt_logprobs` (and `echo` with logprobs), within `max_logprobs`: "
+            "they score every prompt token against the whole vocabulary."
+        ),
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request body must arrive within this long; later, 408.",
+    )
+    min_body_bytes_per_second: int = Field(
+        default=4096,
+        ge=0,
+        description=(
+            "After the first 5 seconds, a request body must arrive at least this fast on "
+            "average; slower, 408. 0: no minimum rate."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _default_within_maximum(self) -> LimitsConfig:
+        if self.default_max_tokens > self.max_tokens:
+            raise PydanticCustomError(
+                "default_above_maximum", "default_max_tokens must not exceed max_tokens"
+            )
+        return self
 
 
 class PricesConfig(StrictModel):

@@ -1,4 +1,5 @@
-"""Per-key rpm / tpm / max_concurrent (429) and whole-instance max_in_flight (503)."""
+"""Per-request cost bounds (400), per-key rpm / tpm / max_concurrent (429) and
+whole-instance max_in_flight (503)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenvl_serve.access.config import AuthConfig, LimitsConfig
+from qwenvl_serve.access.cost_bounds import (
+    Bounded,
+    OutOfBounds,
+    bounded,
+    prompt_tokens_bound,
+    worst_case_tokens,
+)
 from qwenvl_serve.access.limiter import (
     MAX_CONCURRENT,
     MAX_IN_FLIGHT,
@@ -19,8 +27,9 @@ from qwenvl_serve.access.limiter import (
 )
 from qwenvl_serve.access.notes import notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
+from qwenvl_serve.core.cost import MAX_TOKENS, Cost
 from qwenvl_serve.core.responses import ResponseWatch
-from qwenvl_serve.core.view import inference_request
+from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.metrics import ServeMetrics
 
 MESSAGES = {
@@ -42,14 +51,19 @@ def refusal_error(refusal: Refusal) -> ApiError:
     )
 
 
-def used_tokens(ticket: Ticket, watch: ResponseWatch) -> int:
-    """What a finished request costs its key's tpm: its usage; for a success whose usage
-    could not be read (the client left mid-stream), the tokens it reserved."""
-    usage = watch.succeeded_usage
+def out_of_bounds_error(request: InferenceRequest, problem: OutOfBounds) -> ApiError:
+    """400 naming the field in the client's own terms."""
+    name = request.client_field(problem.field)
+    return ApiError(400, f"{name}: {problem.reason}.", param=name, code=problem.code)
+
+
+def used_tokens(ticket: Ticket, watch: ResponseWatch, cost: Cost) -> int:
+    """What a finished request costs its key's tpm: the tokens the engine processed;
+    for a success whose usage could not be read, the worst case it reserved."""
+    usage = watch.engine_usage(cost)
     if usage is not None:
         return usage.total
-    succeeded = watch.status is not None and watch.status < 400
-    return ticket.reserved_tokens if succeeded else 0
+    return ticket.reserved_tokens if watch.succeeded else 0
 
 
 class LimitsMiddleware:
@@ -65,11 +79,16 @@ class LimitsMiddleware:
         auth: AuthConfig,
         limits: LimitsConfig,
         metrics: ServeMetrics,
+        max_tokens_per_image: int,
+        max_model_len: int | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
+        self.limits = limits
         self.limiter = Limiter(auth.keys, limits.max_in_flight)
         self.metrics = metrics
+        self.max_tokens_per_image = max_tokens_per_image
+        self.max_model_len = max_model_len
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,15 +97,36 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         notes = notes_for(scope)
-        decision = self.limiter.admit(request.key_name, request.cost.max_tokens, self.clock())
+        within = bounded(request.cost, self.limits)
+        if isinstance(within, OutOfBounds):
+            notes.rejection = within.code
+            await send_error(scope, send, out_of_bounds_error(request, within))
+            return
+        if within.default_applied:
+            request.override(MAX_TOKENS, within.max_tokens)
+        decision = self.limiter.admit(
+            request.key_name, self._worst_case(request, within), self.clock()
+        )
         if isinstance(decision, Refusal):
             self.metrics.rejections.labels(reason=decision.reason).inc()
             notes.rejection = decision.reason
             await send_error(scope, send, refusal_error(decision))
             return
-        await self._serve(scope, receive, send, decision)
+        await self._serve(scope, receive, send, decision, request.cost)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, ticket: Ticket) -> None:
+    def _worst_case(self, request: InferenceRequest, within: Bounded) -> int:
+        media = request.media
+        prompt = prompt_tokens_bound(
+            len(request.original),
+            sum(part.chars for part in media),
+            len(media),
+            self.max_tokens_per_image,
+        )
+        return worst_case_tokens(request.cost, within.max_tokens, prompt, self.max_model_len)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, ticket: Ticket, cost: Cost
+    ) -> None:
         watch = ResponseWatch()
 
         async def send_watched(message: Message) -> None:
@@ -98,4 +138,4 @@ class LimitsMiddleware:
             await self.app(scope, receive, send_watched)
         finally:
             self.metrics.in_flight.dec()
-            self.limiter.release(ticket, used_tokens(ticket, watch), self.clock())
+            self.limiter.release(ticket, used_tokens(ticket, watch, cost), self.clock())

@@ -2,15 +2,23 @@
 
 Usage is read from the engine's response events (see :mod:`qwenvl_serve.core.responses`):
 this layer sits inside the API-family translation, so it only ever sees OpenAI answers.
-For a stream the client did not ask usage of, the request view is changed to ask for
-it (``stream_options.include_usage``) and the usage chunk is cut from what the client
-gets.
+Every stream asks vLLM for usage on every chunk (``stream_options.include_usage`` and
+``continuous_usage_stats``), so a stream that ends early (the client left, vLLM failed)
+is metered from what vLLM last reported; the usage the client did not ask for is cut
+from the bytes it gets, while the events keep it for the outer layers.
+
+What is metered is what vLLM's engine processed, as its own counters
+(``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``) count it: the prompt
+once per sequence that produced a token (``n`` > 1 prefills it ``n`` times), and every
+generated token, also those of a request the client left (see
+:mod:`qwenvl_serve.core.engine_stop`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwenvl_serve.access.config import MeteringConfig
 from qwenvl_serve.access.notes import final_status, request_id_of
 from qwenvl_serve.access.usage_log import UsageLogWriter, usage_record
-from qwenvl_serve.core.responses import ResponseWatch, engine_events
+from qwenvl_serve.core.responses import EngineEvent, ResponseWatch, engine_events
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.metrics import ServeMetrics
 
@@ -29,26 +37,47 @@ _SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 
 def with_usage_requested(document: dict[str, Any]) -> dict[str, Any]:
-    """The ``stream_options`` that ask for the final usage chunk (and only that one)."""
+    """The ``stream_options`` that ask vLLM for usage on every chunk and at the end."""
     options = document.get("stream_options")
-    kept = {
-        name: value
-        for name, value in (options.items() if isinstance(options, dict) else ())
-        if name != "continuous_usage_stats"
-    }
-    return {**kept, "include_usage": True}
+    kept = dict(options) if isinstance(options, dict) else {}
+    return {**kept, "include_usage": True, "continuous_usage_stats": True}
 
 
-def without_usage_chunk(message: Message) -> Message:
-    """A body message of vLLM's stream with the usage-only chunk cut out of its bytes.
+def without_usage(event: EngineEvent) -> bytes:
+    """An SSE event's bytes with its chunk's top-level ``usage`` member cut out.
 
-    The events stay attached, so outer layers still read the usage.
+    vLLM writes chunks as compact JSON, so the member is found as those same bytes;
+    anything else is written again from the parsed chunk.
+    """
+    document = event.document
+    if not isinstance(document, dict) or "usage" not in document:
+        return event.raw
+    member = b',"usage":' + json.dumps(document["usage"], separators=(",", ":")).encode()
+    if event.raw.count(member) == 1:
+        return event.raw.replace(member, b"")
+    rest = {name: value for name, value in document.items() if name != "usage"}
+    return b"data: " + json.dumps(rest, separators=(",", ":")).encode() + b"\n\n"
+
+
+def as_client_asked(message: Message, final_usage: bool, chunk_usage: bool) -> Message:
+    """A body message of vLLM's stream holding only the usage the client asked for:
+    the usage-only chunk with ``final_usage``, usage on each chunk with ``chunk_usage``.
+
+    The events stay attached unchanged, so outer layers still read all the usage.
     """
     events = engine_events(message)
-    if not any(event.is_usage_only for event in events):
+    if not any(event.usage is not None for event in events):
         return message
-    body = b"".join(event.raw for event in events if not event.is_usage_only)
-    return {**message, "body": body}
+    parts = []
+    for event in events:
+        if event.usage is None or (chunk_usage and final_usage):
+            parts.append(event.raw)
+        elif event.is_usage_only:
+            if final_usage:
+                parts.append(event.raw)
+        else:
+            parts.append(event.raw if chunk_usage else without_usage(event))
+    return {**message, "body": b"".join(parts)}
 
 
 class MeteringMiddleware:
@@ -80,15 +109,18 @@ class MeteringMiddleware:
             await self.app(scope, receive, send)
             return
         started = self.clock()
-        inject = request.cost.stream and not request.cost.usage_requested
-        if inject:
+        cost = request.cost
+        trim = cost.stream and not (cost.usage_requested and cost.continuous_usage_requested)
+        if cost.stream:
             request.override("stream_options", with_usage_requested(request.document))
         watch = ResponseWatch()
 
         async def send_metered(message: Message) -> None:
             watch.see(message)
-            if inject and message["type"] == "http.response.body":
-                message = without_usage_chunk(message)
+            if trim and message["type"] == "http.response.body":
+                message = as_client_asked(
+                    message, cost.usage_requested, cost.continuous_usage_requested
+                )
             await send(message)
 
         failed = True
@@ -107,7 +139,7 @@ class MeteringMiddleware:
         failed: bool,
     ) -> None:
         key_name = request.key_name
-        usage = watch.succeeded_usage
+        usage = watch.engine_usage(request.cost)
         if usage is not None:
             tokens = self.metrics.tokens
             tokens.labels(key=key_name, model=self.model_name, type="prompt").inc(

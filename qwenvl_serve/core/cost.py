@@ -1,8 +1,8 @@
 """What a request may cost, read from its OpenAI-shaped body the way vLLM reads it. Pure.
 
 vLLM validates request fields with pydantic in lax mode (``"stream": 1`` and ``"true"``
-both stream, ``"max_tokens": "64"`` is 64), so limits and metering read them the same
-way; a value vLLM would refuse counts as absent (vLLM then answers 400 itself).
+both stream, ``"max_tokens": "64"`` is 64), so limits, bounds and metering read them
+the same way; a value vLLM would refuse counts as absent (vLLM then answers 400 itself).
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ _T = TypeVar("_T")
 _FLAG = TypeAdapter(bool)
 _COUNT = TypeAdapter(int)
 
+MAX_COMPLETION_TOKENS = "max_completion_tokens"
+MAX_TOKENS = "max_tokens"
+ALL_VOCABULARY = -1  # vLLM's spelling of "a logprob for every token of the vocabulary"
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -23,28 +27,85 @@ class Cost:
 
     model: str | None = None
     max_tokens: int = 0  # 0 when the request does not say
+    max_tokens_field: str | None = None  # the field that sets it (None: neither is set)
     n: int = 1
     stream: bool = False
     usage_requested: bool = False  # the client asked for a usage chunk in its stream
+    continuous_usage_requested: bool = False  # ... and for usage on every chunk
+    beam_search: bool = False
+    logprobs: int | None = None  # per sampled token; ALL_VOCABULARY for the whole vocabulary
+    prompt_logprobs: int | None = None  # per prompt token, likewise
+    prompt_logprobs_field: str = "prompt_logprobs"  # or "echo", which asks for them too
+    logprob_token_ids: int = 0  # how many token ids the client asked logprobs for
+    prompts: int = 1  # prompts in one request: a completions request may hold a list
+    chat: bool = True  # a chat request (messages), not a completions one (prompt)
+
+    @property
+    def logprobs_field(self) -> str:
+        """Where the request asks for sampled logprobs: chat names the count apart."""
+        return "top_logprobs" if self.chat else "logprobs"
+
+    @property
+    def sequences(self) -> int:
+        """Sequences the engine runs: ``n`` for each prompt."""
+        return self.n * self.prompts
 
 
 def cost_of(document: dict[str, Any]) -> Cost:
     """The cost fields of a chat or completions body.
 
     ``max_completion_tokens`` wins over ``max_tokens`` when both are set, as in vLLM's
-    ``build_tok_params``.
+    ``build_tok_params``. Logprobs are read as vLLM's ``to_sampling_params`` reads them:
+    chat asks with ``logprobs: true`` plus ``top_logprobs``, completions with an integer
+    ``logprobs``; ``echo`` without ``prompt_logprobs`` asks prompt logprobs of that size.
     """
     options = document.get("stream_options")
-    limit = document.get("max_completion_tokens")
+    options = options if isinstance(options, dict) else {}
+    field = MAX_TOKENS if document.get(MAX_COMPLETION_TOKENS) is None else MAX_COMPLETION_TOKENS
+    max_tokens = _count(document.get(field))
     model = document.get("model")
+    logprobs = _sample_logprobs(document)
+    prompt_logprobs = _optional_count(document.get("prompt_logprobs"))
+    prompt_logprobs_field = "prompt_logprobs"
+    if prompt_logprobs is None and _flag(document.get("echo")):
+        prompt_logprobs, prompt_logprobs_field = _echoed_logprobs(document), "echo"
+    token_ids = document.get("logprob_token_ids")
     return Cost(
         model=model if isinstance(model, str) else None,
-        max_tokens=_count(document.get("max_tokens") if limit is None else limit),
+        max_tokens=max_tokens,
+        max_tokens_field=field if document.get(field) is not None else None,
         n=max(1, _lax(_COUNT, document.get("n"), 1)),
-        stream=_lax(_FLAG, document.get("stream"), False),
-        usage_requested=isinstance(options, dict)
-        and _lax(_FLAG, options.get("include_usage"), False),
+        stream=_flag(document.get("stream")),
+        usage_requested=_flag(options.get("include_usage")),
+        continuous_usage_requested=_flag(options.get("continuous_usage_stats")),
+        beam_search=_flag(document.get("use_beam_search")),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        prompt_logprobs_field=prompt_logprobs_field,
+        logprob_token_ids=len(token_ids) if isinstance(token_ids, list) else 0,
+        prompts=_prompt_count(document.get("prompt")),
+        chat="messages" in document,
     )
+
+
+def _sample_logprobs(document: dict[str, Any]) -> int | None:
+    if "messages" in document:  # chat: a flag, and the number in top_logprobs
+        if not _flag(document.get("logprobs")):
+            return None
+        return _lax(_COUNT, document.get("top_logprobs"), 0)
+    return _optional_count(document.get("logprobs"))
+
+
+def _echoed_logprobs(document: dict[str, Any]) -> int | None:
+    name = "top_logprobs" if "messages" in document else "logprobs"
+    return _optional_count(document.get(name))
+
+
+def _prompt_count(prompt: object) -> int:
+    """Prompts in a completions ``prompt``: a string or token list is one, a list of them many."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        return len(prompt)
+    return 1
 
 
 def _lax(adapter: TypeAdapter[_T], value: object, default: _T) -> _T:
@@ -56,5 +117,19 @@ def _lax(adapter: TypeAdapter[_T], value: object, default: _T) -> _T:
         return default
 
 
+def _flag(value: object) -> bool:
+    return _lax(_FLAG, value, False)
+
+
 def _count(value: object) -> int:
     return max(0, _lax(_COUNT, value, 0))
+
+
+def _optional_count(value: object) -> int | None:
+    """An integer field that may be absent: None when it is, or vLLM would refuse it."""
+    if value is None:
+        return None
+    try:
+        return _COUNT.validate_python(value)
+    except ValidationError:
+        return None

@@ -9,8 +9,8 @@ is Google's. A new client API is one more :class:`ApiFamily` here (and its route
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Scope, Send
@@ -18,6 +18,7 @@ from starlette.types import Scope, Send
 from qwenvl_serve.api_errors import RequestRefusedError
 from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.genai.family import GenerateContentApi
+from qwenvl_serve.genai.request import GOOGLE_FIELD_NAMES
 from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.routes import (
     CHAT_COMPLETIONS,
@@ -40,6 +41,8 @@ class ApiFamily:
     engine_path: str  # the vLLM route its requests are served by
     to_engine: ToEngine  # parsed body -> engine document; RequestRefusedError when refused
     relay: Relay | None = None  # vLLM's answers -> the client's format (None: as they are)
+    # Engine field -> the client's name for it, for errors that name a field.
+    client_fields: Mapping[str, str] = field(default_factory=dict)
 
 
 def openai_document(parsed: object, _match: RouteMatch) -> dict[str, Any]:
@@ -55,6 +58,12 @@ def families_from_config(config: InstanceConfig) -> dict[str, ApiFamily]:
     families = [
         ApiFamily(CHAT_COMPLETIONS, CHAT_COMPLETIONS_PATH, openai_document),
         ApiFamily(COMPLETIONS, COMPLETIONS_PATH, openai_document),
-        ApiFamily(GENERATE_CONTENT, CHAT_COMPLETIONS_PATH, google.to_engine, google.relay),
+        ApiFamily(
+            GENERATE_CONTENT,
+            CHAT_COMPLETIONS_PATH,
+            google.to_engine,
+            google.relay,
+            GOOGLE_FIELD_NAMES,
+        ),
     ]
     return {family.route: family for family in families}

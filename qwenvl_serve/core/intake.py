@@ -18,7 +18,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.access.notes import notes_for
 from qwenvl_serve.api_errors import RequestRefusedError, send_error
-from qwenvl_serve.asgi_body import BODY_TOO_LARGE, BodyTooLargeError, read_body
+from qwenvl_serve.asgi_body import (
+    BODY_TOO_LARGE,
+    BODY_TOO_SLOW,
+    BodyPace,
+    BodyTooLargeError,
+    BodyTooSlowError,
+    read_body,
+)
 from qwenvl_serve.core.families import ApiFamily
 from qwenvl_serve.core.view import InferenceRequest, attach
 from qwenvl_serve.images.rejections import Reason, RefusalError
@@ -43,11 +50,16 @@ class IntakeMiddleware:
     """Builds the one request view of each inference request."""
 
     def __init__(
-        self, app: ASGIApp, families: Mapping[str, ApiFamily], max_body_bytes: int
+        self,
+        app: ASGIApp,
+        families: Mapping[str, ApiFamily],
+        max_body_bytes: int,
+        pace: BodyPace | None = None,
     ) -> None:
         self.app = app
         self.families = families
         self.max_body_bytes = max_body_bytes
+        self.pace = pace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         family = self._family_of(scope)
@@ -55,9 +67,12 @@ class IntakeMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            body, disconnect = await read_body(scope, receive, self.max_body_bytes)
+            body, disconnect = await read_body(scope, receive, self.max_body_bytes, self.pace)
         except BodyTooLargeError:
             await send_error(scope, send, BODY_TOO_LARGE)
+            return
+        except BodyTooSlowError:
+            await send_error(scope, send, BODY_TOO_SLOW)
             return
         if disconnect is not None:
             return  # the client left before sending its request: nobody to answer
@@ -74,6 +89,7 @@ class IntakeMiddleware:
             engine_path=family.engine_path,
             key_name=notes_for(scope).key_name,
             translated=family.relay is not None,
+            client_fields=family.client_fields,
         )
         attach(scope, request)
         relay = send if family.relay is None else family.relay(scope, send, match)

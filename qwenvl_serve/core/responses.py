@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.types import Message, Send
 
+from qwenvl_serve.core.cost import Cost
 from qwenvl_serve.core.sse import SseSplitter, event_data
 
 # Keys our layers add to ASGI messages (servers ignore keys they do not know).
@@ -54,9 +55,10 @@ def usage_in(document: object) -> Usage | None:
 class EngineEvent:
     """One complete unit of a vLLM response: a JSON body, or one SSE event."""
 
-    def __init__(self, raw: bytes, payload: bytes) -> None:
+    def __init__(self, raw: bytes, payload: bytes, streamed: bool = False) -> None:
         self.raw = raw  # the bytes as vLLM sent them
         self.payload = payload  # the JSON text (an SSE event's data)
+        self.streamed = streamed  # one event of an SSE stream, not a whole JSON body
 
     @property
     def done(self) -> bool:
@@ -141,18 +143,24 @@ def _stream_message(splitter: SseSplitter, chunk: bytes, more: bool, message: Me
     raw_events = splitter.feed(chunk)
     if not more and splitter.pending:
         raw_events.append(splitter.finish())
-    events = [EngineEvent(raw, event_data(raw)) for raw in raw_events]
+    events = [EngineEvent(raw, event_data(raw), streamed=True) for raw in raw_events]
     if had_pending or splitter.pending:  # the body no longer equals the chunk
         message = {**message, "body": b"".join(raw_events)}
     return {**message, ENGINE_EVENTS: events}
 
 
 class ResponseWatch:
-    """What a layer learns from the response messages it relays: status and usage."""
+    """What a layer learns from the response messages it relays: status and usage.
+
+    For usage it keeps the last ``usage`` of a JSON body or of a stream's usage-only
+    chunk, and, for a stream that reports usage on every chunk, the last usage of each
+    choice: :meth:`engine_usage` reads them as vLLM's token counters count.
+    """
 
     def __init__(self) -> None:
         self.status: int | None = None
-        self.usage: Usage | None = None
+        self.usage: Usage | None = None  # the request's total, as vLLM reports it
+        self.choice_usage: dict[int, Usage] = {}  # a stream's running usage per choice
         self.from_engine = False
 
     def see(self, message: Message) -> None:
@@ -163,11 +171,38 @@ class ResponseWatch:
             return
         for event in engine_events(message):
             if event.usage is not None:
-                self.usage = event.usage  # the last usage seen is the request's total
+                self._see_usage(event, event.usage)
+
+    def _see_usage(self, event: EngineEvent, usage: Usage) -> None:
+        document = event.document
+        choices = document.get("choices") if isinstance(document, dict) else None
+        if not event.streamed or not isinstance(choices, list) or not choices:
+            self.usage = usage  # a JSON body, or the stream's usage-only chunk
+            return
+        for choice in choices:
+            index = choice.get("index") if isinstance(choice, dict) else None
+            if isinstance(index, int):
+                self.choice_usage[index] = usage
 
     @property
-    def succeeded_usage(self) -> Usage | None:
-        """The usage of a successful engine response; None for failures."""
-        if self.status is None or self.status >= 400:
+    def succeeded(self) -> bool:
+        """The response is a success (vLLM may still have ended it early)."""
+        return self.status is not None and self.status < 400
+
+    def engine_usage(self, cost: Cost) -> Usage | None:
+        """The tokens vLLM's engine processed for this request, as its counters count:
+        the prompt once per sequence that produced a token, and every output token.
+        None for failures and answers without usage."""
+        if not self.succeeded:
             return None
-        return self.usage
+        if self.choice_usage:
+            started = [usage for usage in self.choice_usage.values() if usage.completion_tokens]
+            completion = sum(usage.completion_tokens for usage in self.choice_usage.values())
+            if self.usage is not None:
+                completion = self.usage.completion_tokens
+            return Usage(sum(usage.prompt_tokens for usage in started), completion)
+        if self.usage is None:
+            return None
+        if self.usage.completion_tokens == 0:  # stopped before any sequence started
+            return Usage(0, 0)
+        return Usage(self.usage.prompt_tokens * cost.n, self.usage.completion_tokens)

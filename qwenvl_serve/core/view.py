@@ -13,6 +13,7 @@ whole document serialized.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -40,6 +41,7 @@ class InferenceRequest:
     engine_path: str
     key_name: str
     translated: bool = False  # the client spoke another API family than vLLM's
+    client_fields: Mapping[str, str] = field(default_factory=dict)  # engine -> client name
     rewritten: bool = field(default=False, init=False)  # serialize the whole document
     overrides: dict[str, Any] = field(default_factory=dict, init=False)
     cost: Cost = field(init=False)
@@ -57,6 +59,10 @@ class InferenceRequest:
     def media(self) -> list[MediaPart]:
         """Every media part of the conversation, in request order, with its location."""
         return media_parts(self.document)
+
+    def client_field(self, name: str) -> str:
+        """What the client calls the engine field ``name`` (for errors naming it)."""
+        return self.client_fields.get(name, name)
 
     @property
     def image_count(self) -> int:

@@ -55,6 +55,18 @@ _INTEGERS = {
     "candidate_count": "n",
     "seed": "seed",
 }
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+# Chat completions parameter -> the generateContent field that sets it, for errors.
+GOOGLE_FIELD_NAMES = {
+    openai: f"generationConfig.{_camel(google)}"
+    for google, openai in {**_NUMBERS, **_INTEGERS}.items()
+}
 _IMAGE_MIME = re.compile(r"^image/[A-Za-z0-9.+-]+$")
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _JSON_MIME = "application/json"

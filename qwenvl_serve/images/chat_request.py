@@ -54,6 +54,19 @@ class MediaPart:
     def param(self) -> str:
         return f"messages[{self.message_index}].content[{self.part_index}]"
 
+    @property
+    def chars(self) -> int:
+        """Characters of the part's strings (its URL or data), two levels deep."""
+        return _string_chars(self.part, depth=2)
+
+
+def _string_chars(value: object, depth: int) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict) and depth > 0:
+        return sum(_string_chars(item, depth - 1) for item in value.values())
+    return 0
+
 
 def media_parts(body: dict[str, Any]) -> list[MediaPart]:
     """Every media part of a chat body, in request order."""

@@ -126,6 +126,12 @@ class ImagesConfig(StrictModel):
         ),
     )
 
+    @property
+    def max_tokens_per_image(self) -> int:
+        """The most prompt tokens one image can become: one per 32x32 pixels within
+        ``max_pixels``, plus the vision start and end tokens."""
+        return self.max_pixels // (32 * 32) + 2
+
     @field_validator("allowed_domains")
     @classmethod
     def _domains_are_host_patterns(cls, domains: list[str]) -> list[str]:

@@ -30,6 +30,7 @@ from qwenvl_serve.access.allowlist import RouteAllowlistMiddleware
 from qwenvl_serve.access.auth import AuthMiddleware
 from qwenvl_serve.access.limits import LimitsMiddleware
 from qwenvl_serve.access.metering import MeteringMiddleware
+from qwenvl_serve.asgi_body import BodyPace
 from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.core.engine_edge import EngineEdgeMiddleware
 from qwenvl_serve.core.families import families_from_config
@@ -53,7 +54,7 @@ LAYER_ORDER: tuple[tuple[str, str], ...] = (
     ("playground", "static pages; public, so no key is needed"),
     ("auth", "names the caller's key before anything reads the body"),
     ("intake", "reads and parses the body once; translates API families to one view"),
-    ("limits", "admits by key and instance with the view's cost fields; body arrived"),
+    ("limits", "bounds cost, admits by key and instance from the view; body arrived"),
     ("metering", "inside the translation: sees OpenAI answers only; asks for stream usage"),
     ("images", "checks and normalizes media in the view; the most expensive, so last"),
     ("engine edge", "serializes the view once (or passes the client's bytes); reads answers"),
@@ -79,8 +80,16 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
     app = EngineEdgeMiddleware(app)
     app = ImageNormalizationMiddleware(app, config, registry)
     app = MeteringMiddleware(app, config.public_model_name, config.metering, metrics)
-    app = LimitsMiddleware(app, config.auth, config.limits, metrics)
-    app = IntakeMiddleware(app, families_from_config(config), config.images.max_request_bytes)
+    app = LimitsMiddleware(
+        app,
+        config.auth,
+        config.limits,
+        metrics,
+        config.images.max_tokens_per_image,
+        config.engine.max_model_len,
+    )
+    pace = BodyPace(config.limits.body_timeout_seconds, config.limits.min_body_bytes_per_second)
+    app = IntakeMiddleware(app, families_from_config(config), config.images.max_request_bytes, pace)
     app = AuthMiddleware(app, config.auth, config.metrics, metrics)
     app = PlaygroundMiddleware(app, config.playground)
     app = RouteAllowlistMiddleware(app, metrics)

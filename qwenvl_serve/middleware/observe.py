@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwenvl_serve.access.logs import access_log_line, access_logger
 from qwenvl_serve.access.notes import RequestNotes, final_status, notes_for, request_id_of
 from qwenvl_serve.core.responses import ResponseWatch, Usage
+from qwenvl_serve.core.view import inference_request
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.routes import route_of
 
@@ -56,7 +57,9 @@ class ObserveMiddleware:
             failed = False
         finally:
             status = final_status(watch.status, failed)
-            self._record(scope, notes, status, watch.succeeded_usage, self.clock() - started)
+            request = inference_request(scope)
+            usage = None if request is None else watch.engine_usage(request.cost)
+            self._record(scope, notes, status, usage, self.clock() - started)
 
     def _record(
         self, scope: Scope, notes: RequestNotes, status: int, usage: Usage | None, elapsed: float

@@ -7,7 +7,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-HEADER = b"x-request-id"
+from qwenvl_serve.asgi_body import REQUEST_ID_HEADER as HEADER
+
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 

@@ -80,9 +80,14 @@ class FakeVllm:
             return
         headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": {"content": "w"}}]}]
-        chunks *= completion
-        if (request.get("stream_options") or {}).get("include_usage"):
+        options = request.get("stream_options") or {}
+        chunks: list[dict[str, Any]] = []
+        for made in range(1, completion + 1):
+            chunk: dict[str, Any] = {"choices": [{"index": 0, "delta": {"content": "w"}}]}
+            if options.get("continuous_usage_stats"):  # as vLLM: this choice's running usage
+                chunk["usage"] = {"prompt_tokens": 11, "completion_tokens": made}
+            chunks.append(chunk)
+        if options.get("include_usage"):
             chunks.append({"choices": [], "usage": usage})
         for chunk in chunks:
             data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
@@ -420,7 +425,10 @@ async def test_tokens_are_metered_from_json_and_streams(stack):
     asked_events = [line for line in asked.text.split("\n\n") if line]
     assert json.loads(asked_events[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 3
     # We asked vLLM for usage on the client's behalf and cut the chunk it did not ask for.
-    assert inner.seen[2][1]["stream_options"] == {"include_usage": True}
+    assert inner.seen[2][1]["stream_options"] == {
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
     not_asked_events = [line for line in not_asked.text.split("\n\n") if line]
     assert len(not_asked_events) == 3  # two content chunks and [DONE]
     assert "usage" not in not_asked.text
@@ -492,7 +500,15 @@ def layers(inner, config, registry, **clocks):
 
     def access(app: ASGIApp) -> ASGIApp:
         app = MeteringMiddleware(app, MODEL, config.metering, metrics)
-        return LimitsMiddleware(app, config.auth, config.limits, metrics, **clocks)
+        return LimitsMiddleware(
+            app,
+            config.auth,
+            config.limits,
+            metrics,
+            config.images.max_tokens_per_image,
+            config.engine.max_model_len,
+            **clocks,
+        )
 
     app = in_request_core(inner, config, access)
     app = AuthMiddleware(app, config.auth, config.metrics, metrics)
@@ -532,6 +548,19 @@ async def test_max_in_flight_answers_503_with_retry_after_at_once():
     assert sample(registry, "qwenvl_in_flight") == 0
 
 
+TPM = 1000
+
+
+def body_bytes(**fields) -> int:
+    return len(json.dumps(chat_body(**fields)).encode())
+
+
+async def post_chat(client: httpx.AsyncClient, max_tokens: int) -> httpx.Response:
+    body = json.dumps(chat_body(max_tokens=max_tokens)).encode()
+    headers = {**bearer(ALPHA), "content-type": "application/json"}
+    return await client.post("/v1/chat/completions", content=body, headers=headers)
+
+
 @pytest.mark.anyio
 async def test_max_concurrent_and_tpm_per_key():
     config = make_config()
@@ -541,7 +570,7 @@ async def test_max_concurrent_and_tpm_per_key():
                 update={
                     "keys": [
                         config.auth.keys[0].model_copy(
-                            update={"rpm": None, "max_concurrent": 1, "tpm": 40}
+                            update={"rpm": None, "max_concurrent": 1, "tpm": TPM}
                         )
                     ]
                 }
@@ -569,13 +598,10 @@ async def test_max_concurrent_and_tpm_per_key():
         )
         release.set()
         assert (await first).status_code == 200
-        # 25 tokens used; another 20 would pass 40 within the minute.
-        too_many_tokens = await client.post(
-            "/v1/chat/completions", json=chat_body(max_tokens=20), headers=bearer(ALPHA)
-        )
-        fits = await client.post(
-            "/v1/chat/completions", json=chat_body(max_tokens=10), headers=bearer(ALPHA)
-        )
+        # 25 tokens used. A request reserves its worst case: a token per body byte
+        # outside media plus its output tokens, so this one would pass TPM.
+        too_many_tokens = await post_chat(client, TPM - 25 - body_bytes(max_tokens=200) + 1)
+        fits = await post_chat(client, TPM - 25 - body_bytes(max_tokens=200))
     assert concurrent.status_code == 429
     assert concurrent.json()["error"]["code"] == "max_concurrent_exceeded"
     assert too_many_tokens.status_code == 429
@@ -649,7 +675,8 @@ async def test_generate_content_keys_usage_metadata_and_query_key_removal():
         }
     }
     assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 22
-    assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 5 + 7
+    # The request without maxOutputTokens got limits.default_max_tokens (the fake uses all).
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 1024 + 7
 
 
 @pytest.mark.anyio
@@ -700,7 +727,10 @@ async def test_loosely_typed_stream_requests_are_still_metered(stack):
             "/v1/chat/completions", json=chat_body(stream=1, max_tokens=3), headers=bearer(BETA)
         )
     assert response.status_code == 200
-    assert inner.seen[0][1]["stream_options"] == {"include_usage": True}
+    assert inner.seen[0][1]["stream_options"] == {
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
     assert "usage" not in response.text  # the client did not ask for the chunk
     completion = sample(registry, "qwenvl_tokens_total", key="beta", model=MODEL, type="completion")
     assert completion == 3
@@ -792,7 +822,7 @@ async def test_a_response_over_8_mib_is_metered_like_any_other():
 
     async def huge_answer(scope: Scope, receive: Receive, send: Send) -> None:
         await whole_body(receive)
-        choices = [{"index": i, "message": {"content": "w" * 800_000}} for i in range(12)]
+        choices = [{"index": i, "message": {"content": "w" * 1_200_000}} for i in range(8)]
         body = json.dumps({"choices": choices, "usage": usage}).encode()
         assert len(body) > 8 * 1024 * 1024
         headers = [(b"content-type", b"application/json")]
@@ -807,8 +837,9 @@ async def test_a_response_over_8_mib_is_metered_like_any_other():
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.post(
-            "/v1/chat/completions", json=chat_body(n=12), headers=bearer(BETA)
+            "/v1/chat/completions", json=chat_body(n=8), headers=bearer(BETA)
         )
     assert response.status_code == 200
-    assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 1200
+    # Each of the 8 sequences prefilled the prompt, as vLLM's counter counts it.
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 8 * 1200
     assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 2409

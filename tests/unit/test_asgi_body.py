@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from starlette.types import Message
 
 from qwenvl_serve.asgi_body import (
+    BodyPace,
     BodyTooLargeError,
+    BodyTooSlowError,
     declared_length,
     read_body,
     replaying,
@@ -81,3 +85,41 @@ def test_lengths_are_read_and_rewritten():
     rewritten = with_body_length(scope, 5)
     assert rewritten["headers"] == [(b"content-length", b"5")]
     assert declared_length(rewritten) == 5
+
+
+def test_the_pace_deadline_grows_with_what_has_arrived():
+    pace = BodyPace(timeout_s=60, min_bytes_per_s=1000, grace_s=5)
+    assert pace.deadline(started=100, received=0) == 105
+    assert pace.deadline(started=100, received=10_000) == 115
+    assert pace.deadline(started=100, received=10**9) == 160  # the overall deadline
+    assert BodyPace(timeout_s=60, min_bytes_per_s=0).deadline(100, 0) == 160
+
+
+def trickle(chunks: list[bytes], gap_s: float):
+    async def receive():
+        await asyncio.sleep(gap_s)
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    return receive
+
+
+@pytest.mark.anyio
+async def test_a_body_slower_than_the_minimum_rate_is_refused():
+    pace = BodyPace(timeout_s=60, min_bytes_per_s=100, grace_s=0.05)
+    with pytest.raises(BodyTooSlowError):
+        await read_body(scope_with(), trickle([b"a"] * 50, gap_s=0.05), pace=pace)
+
+
+@pytest.mark.anyio
+async def test_a_body_past_its_deadline_is_refused_however_fast_it_was():
+    pace = BodyPace(timeout_s=0.2, min_bytes_per_s=0)
+    with pytest.raises(BodyTooSlowError):
+        await read_body(scope_with(), trickle([b"a" * 1000] * 50, gap_s=0.05), pace=pace)
+
+
+@pytest.mark.anyio
+async def test_a_body_within_its_pace_is_read_whole():
+    pace = BodyPace(timeout_s=10, min_bytes_per_s=10, grace_s=1)
+    body, _ = await read_body(scope_with(), trickle([b"ab", b"cd"], gap_s=0.01), pace=pace)
+    assert body == b"abcd"

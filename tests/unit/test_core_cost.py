@@ -16,7 +16,7 @@ def chat(**fields):
 
 def test_cost_fields_of_a_chat_request():
     assert cost_of(chat(max_tokens=64, stream=True, n=3)) == Cost(
-        model="m", max_tokens=64, n=3, stream=True, usage_requested=False
+        model="m", max_tokens=64, max_tokens_field="max_tokens", n=3, stream=True
     )
 
 
@@ -125,10 +125,62 @@ def test_a_rewritten_document_is_serialized_whole_with_its_overrides():
     assert json.loads(view.engine_body()) == {"a": 3, "b": 2}
 
 
-def test_asking_for_usage_keeps_other_stream_options_but_not_continuous_stats():
-    body = chat(
-        stream=True, stream_options={"include_usage": False, "continuous_usage_stats": True}
-    )
-    assert with_usage_requested(body) == {"include_usage": True}
+def test_asking_for_usage_keeps_other_stream_options_and_asks_for_every_chunk():
+    body = chat(stream=True, stream_options={"include_usage": False, "x": 1})
+    assert with_usage_requested(body) == {
+        "include_usage": True,
+        "continuous_usage_stats": True,
+        "x": 1,
+    }
     assert body["stream_options"]["include_usage"] is False  # the original is not changed
-    assert with_usage_requested(chat(stream=True)) == {"include_usage": True}
+    assert with_usage_requested(chat(stream=True)) == {
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("document", "logprobs", "prompt_logprobs", "field"),
+    [
+        (chat(logprobs=True, top_logprobs=5), 5, None, "prompt_logprobs"),
+        (chat(logprobs="true", top_logprobs="-1"), -1, None, "prompt_logprobs"),
+        (chat(logprobs=False, top_logprobs=5), None, None, "prompt_logprobs"),
+        (chat(top_logprobs=5), None, None, "prompt_logprobs"),
+        # echo asks prompt logprobs of the top_logprobs size, even without logprobs
+        (chat(echo=True, top_logprobs=7), None, 7, "echo"),
+        (chat(echo=1, prompt_logprobs=2, top_logprobs=7), None, 2, "prompt_logprobs"),
+        ({"prompt": "p", "logprobs": 3}, 3, None, "prompt_logprobs"),
+        ({"prompt": "p", "logprobs": "4", "echo": True}, 4, 4, "echo"),
+        ({"prompt": "p", "prompt_logprobs": -1}, None, -1, "prompt_logprobs"),
+        ({"prompt": "p", "prompt_logprobs": "many"}, None, None, "prompt_logprobs"),
+    ],
+)
+def test_logprobs_are_read_as_vllm_turns_them_into_sampling_params(
+    document, logprobs, prompt_logprobs, field
+):
+    cost = cost_of(document)
+    assert (cost.logprobs, cost.prompt_logprobs) == (logprobs, prompt_logprobs)
+    assert cost.prompt_logprobs_field == field
+
+
+@pytest.mark.parametrize(
+    ("prompt", "prompts"),
+    [("one", 1), (["a", "b", "c"], 3), ([1, 2, 3], 1), ([[1, 2], [3]], 2), (None, 1)],
+)
+def test_a_completions_request_runs_one_sequence_set_per_prompt(prompt, prompts):
+    cost = cost_of({"prompt": prompt, "n": 2})
+    assert (cost.prompts, cost.sequences) == (prompts, 2 * prompts)
+
+
+def test_beam_search_and_token_ids_and_continuous_usage_are_read():
+    cost = cost_of(
+        chat(
+            use_beam_search="yes",
+            logprob_token_ids=[1, 2, 3],
+            stream_options={"continuous_usage_stats": 1},
+        )
+    )
+    assert cost.beam_search
+    assert cost.logprob_token_ids == 3
+    assert cost.continuous_usage_requested
+    assert not cost.usage_requested

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from qwenvl_serve.access.metering import without_usage_chunk
+from qwenvl_serve.access.metering import as_client_asked, without_usage
+from qwenvl_serve.core.cost import Cost
 from qwenvl_serve.core.responses import (
     ENGINE_EVENTS,
     FROM_ENGINE,
@@ -114,7 +115,7 @@ async def test_stream_events_are_attached_and_the_bytes_pass_unchanged():
     for message in sent:
         watch.see(message)
     assert watch.from_engine
-    assert watch.succeeded_usage == Usage(12, 3)
+    assert watch.engine_usage(Cost()) == Usage(12, 3)
 
 
 @pytest.mark.anyio
@@ -160,7 +161,7 @@ def test_failed_answers_report_no_usage():
     watch.see({**JSON_START, "status": 400})
     raw = json.dumps({"usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
     watch.see({**body(raw, more=False), ENGINE_EVENTS: [EngineEvent(raw, raw)]})
-    assert watch.succeeded_usage is None
+    assert watch.engine_usage(Cost()) is None
 
 
 def test_our_own_messages_are_not_the_engine_s():
@@ -172,11 +173,93 @@ def test_our_own_messages_are_not_the_engine_s():
 def test_the_usage_chunk_we_asked_for_is_cut_and_its_usage_still_read():
     events = [event(CONTENT), event(USAGE_CHUNK)]
     message = {**body(sse(CONTENT) + sse(USAGE_CHUNK)), ENGINE_EVENTS: events}
-    cut = without_usage_chunk(message)
+    cut = as_client_asked(message, final_usage=False, chunk_usage=False)
     assert cut["body"] == sse(CONTENT)
     assert engine_events(cut)[1].usage == Usage(12, 3)
     plain = {**body(sse(CONTENT)), ENGINE_EVENTS: [event(CONTENT)]}
-    assert without_usage_chunk(plain) is plain
+    assert as_client_asked(plain, final_usage=False, chunk_usage=False) is plain
+    kept = as_client_asked(message, final_usage=True, chunk_usage=False)
+    assert kept["body"] == sse(CONTENT) + sse(USAGE_CHUNK)
+
+
+def vllm_chunk(index: int, text: str, completion: int, details: bool = False) -> dict:
+    usage = {"prompt_tokens": 9, "total_tokens": 9 + completion, "completion_tokens": completion}
+    if details:
+        usage["completion_tokens_details"] = None
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
+        "usage": usage,
+    }
+
+
+def vllm_sse(document: dict) -> bytes:
+    # vLLM writes chunks with pydantic's compact JSON.
+    return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("details", [False, True])
+def test_usage_on_each_chunk_is_cut_byte_for_byte_when_not_asked_for(details):
+    chunk = vllm_chunk(0, 'say "usage":{} ok', 3, details)
+    raw = vllm_sse(chunk)
+    stripped = without_usage(EngineEvent(raw, raw[6:-2], streamed=True))
+    rest = {name: value for name, value in chunk.items() if name != "usage"}
+    assert stripped == vllm_sse(rest)
+
+
+def test_a_chunk_spelled_otherwise_is_written_again_without_usage():
+    chunk = vllm_chunk(0, "hi", 1)
+    raw = b"data: " + json.dumps(chunk, indent=1).encode() + b"\n\n"
+    stripped = without_usage(EngineEvent(raw, raw[6:-2], streamed=True))
+    assert json.loads(stripped[6:]) == {k: v for k, v in chunk.items() if k != "usage"}
+
+
+def stream_watch(*chunks: dict) -> ResponseWatch:
+    watch = ResponseWatch()
+    watch.see(SSE_START)
+    events = []
+    for chunk in chunks:
+        raw = vllm_sse(chunk)
+        events.append(EngineEvent(raw, raw[6:-2], streamed=True))
+    watch.see({**body(b""), ENGINE_EVENTS: events})
+    return watch
+
+
+def test_a_stream_cut_short_is_metered_from_each_choice_s_last_usage():
+    watch = stream_watch(vllm_chunk(0, "a", 1), vllm_chunk(1, "b", 1), vllm_chunk(0, "c", 2))
+    # Both choices started, so both prefilled the 9-token prompt (as vLLM counts it).
+    assert watch.engine_usage(Cost(n=2)) == Usage(18, 3)
+
+
+def test_a_choice_that_never_produced_a_token_had_no_prompt_counted():
+    watch = stream_watch(vllm_chunk(0, "", 0), vllm_chunk(1, "", 0), vllm_chunk(0, "a", 1))
+    assert watch.engine_usage(Cost(n=2)) == Usage(9, 1)
+
+
+def test_the_final_usage_chunk_gives_the_completion_total():
+    final = {"id": "x", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 5}}
+    watch = stream_watch(vllm_chunk(0, "a", 1), vllm_chunk(1, "b", 3), final)
+    assert watch.engine_usage(Cost(n=2)) == Usage(18, 5)
+
+
+def json_watch(usage: dict) -> ResponseWatch:
+    watch = ResponseWatch()
+    watch.see(JSON_START)
+    raw = json.dumps({"object": "chat.completion", "choices": [{}], "usage": usage}).encode()
+    watch.see({**body(raw, more=False), ENGINE_EVENTS: [EngineEvent(raw, raw)]})
+    return watch
+
+
+def test_a_json_answer_counts_its_prompt_once_per_sequence():
+    watch = json_watch({"prompt_tokens": 7, "completion_tokens": 12})
+    assert watch.engine_usage(Cost(n=3)) == Usage(21, 12)
+
+
+def test_an_answer_stopped_before_its_first_token_processed_nothing_counted():
+    # vLLM counts a prompt when its first token comes out; aborted before it, none.
+    watch = json_watch({"prompt_tokens": 7, "completion_tokens": 0})
+    assert watch.engine_usage(Cost()) == Usage(0, 0)
 
 
 def test_the_splitter_keeps_unfinished_tails():
