@@ -1,6 +1,7 @@
 """vLLM's answers read once: usage, stream events, and the usage chunk we cut."""
 
 import json
+from typing import Any
 
 import pytest
 
@@ -182,8 +183,12 @@ def test_the_usage_chunk_we_asked_for_is_cut_and_its_usage_still_read():
     assert kept["body"] == sse(CONTENT) + sse(USAGE_CHUNK)
 
 
-def vllm_chunk(index: int, text: str, completion: int, details: bool = False) -> dict:
-    usage = {"prompt_tokens": 9, "total_tokens": 9 + completion, "completion_tokens": completion}
+def vllm_chunk(index: int, text: str, completion: int, details: bool = False) -> dict[str, Any]:
+    usage: dict[str, int | None] = {
+        "prompt_tokens": 9,
+        "total_tokens": 9 + completion,
+        "completion_tokens": completion,
+    }
     if details:
         usage["completion_tokens_details"] = None
     return {
@@ -194,7 +199,7 @@ def vllm_chunk(index: int, text: str, completion: int, details: bool = False) ->
     }
 
 
-def vllm_sse(document: dict) -> bytes:
+def vllm_sse(document: dict[str, Any]) -> bytes:
     # vLLM writes chunks with pydantic's compact JSON.
     return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
 
@@ -215,7 +220,7 @@ def test_a_chunk_spelled_otherwise_is_written_again_without_usage():
     assert json.loads(stripped[6:]) == {k: v for k, v in chunk.items() if k != "usage"}
 
 
-def stream_watch(*chunks: dict) -> ResponseWatch:
+def stream_watch(*chunks: dict[str, Any]) -> ResponseWatch:
     watch = ResponseWatch()
     watch.see(SSE_START)
     events = []
@@ -243,7 +248,7 @@ def test_the_final_usage_chunk_gives_the_completion_total():
     assert watch.engine_usage(Cost(n=2)) == Usage(18, 5)
 
 
-def json_watch(usage: dict) -> ResponseWatch:
+def json_watch(usage: dict[str, Any]) -> ResponseWatch:
     watch = ResponseWatch()
     watch.see(JSON_START)
     raw = json.dumps({"object": "chat.completion", "choices": [{}], "usage": usage}).encode()

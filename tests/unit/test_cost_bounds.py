@@ -72,7 +72,8 @@ def test_prompt_logprobs_when_enabled_are_bounded_like_the_others():
     limits = LimitsConfig(prompt_logprobs=True, max_logprobs=5)
     assert isinstance(bounded(cost_of(chat(prompt_logprobs=5)), limits), Bounded)
     too_many = bounded(cost_of(chat(prompt_logprobs=-1)), limits)
-    assert isinstance(too_many, OutOfBounds) and too_many.code == "too_many_logprobs"
+    assert isinstance(too_many, OutOfBounds)
+    assert too_many.code == "too_many_logprobs"
 
 
 def test_beam_search_can_be_enabled():
