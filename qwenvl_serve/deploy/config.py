@@ -292,7 +292,21 @@ class Timeouts(StrictModel):
     )
     send_seconds: int = Field(60, ge=1, description="Longest pause sending a request body.")
     client_body_seconds: int = Field(
-        60, ge=1, description="Longest pause between two reads of a client's request body."
+        15, ge=1, description="Longest pause between two reads of a client's request body."
+    )
+    client_header_seconds: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Longest time to receive a client's request headers (the server behind cannot "
+            "bound slow headers itself)."
+        ),
+    )
+    client_send_seconds: int = Field(
+        60, ge=1, description="Longest pause between two writes to a client that reads slowly."
+    )
+    client_keepalive_seconds: int = Field(
+        30, ge=0, description="How long an idle client connection is kept open; 0 closes it."
     )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -278,7 +279,8 @@ def with_replicas(deployment: Deployment, ports: dict[str, int]) -> Deployment:
     limits = deployment.config.limits.model_copy(
         update={"rate_per_key": "1r/m", "burst_per_key": 1, "rate_per_ip": None}
     )
-    config = deployment.config.model_copy(update={"limits": limits})
+    timeouts = deployment.config.timeouts.model_copy(update={"client_header_seconds": 1})
+    config = deployment.config.model_copy(update={"limits": limits, "timeouts": timeouts})
     return dataclasses.replace(deployment, models=tuple(models), config=config)
 
 
@@ -319,6 +321,23 @@ def test_routes_reach_the_right_model(nginx_over_echo, path, server, upstream_pa
     assert response.status_code == 200
     assert response.json()["server"] == server
     assert response.json()["path"] == upstream_path
+
+
+def test_slow_client_phases_are_bounded(example):
+    text = render_nginx(example)
+    for directive in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert re.search(rf"^\s*{directive} \d+s;$", text, re.M), directive
+    assert "keepalive_timeout 30s;" in text
+
+
+def test_headers_that_never_finish_are_cut_off_by_nginx(nginx_over_echo):
+    port = int(nginx_over_echo.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        # nginx closes the connection once client_header_timeout (1 s here) passes;
+        # the socket's own 30 s timeout would raise instead.
+        answer = connection.recv(65536)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
 
 
 @pytest.mark.parametrize(
