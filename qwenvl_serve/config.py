@@ -13,6 +13,7 @@ from pydantic import Field, NonNegativeInt, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from qwenvl_serve.access.config import AuthConfig, LimitsConfig, MeteringConfig, MetricsConfig
+from qwenvl_serve.cache.config import CacheConfig
 from qwenvl_serve.config_base import StrictModel
 from qwenvl_serve.engine_passthrough import refused_env, refused_extra_args
 from qwenvl_serve.genai.config import GenerateContentConfig
@@ -193,6 +194,7 @@ class InstanceConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Instance limits.")
     metering: MeteringConfig = Field(default_factory=MeteringConfig, description="Usage.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics access.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="The result cache.")
     generate_content: GenerateContentConfig = Field(
         default_factory=GenerateContentConfig, description="generateContent routes."
     )

@@ -56,8 +56,10 @@ class ServeMetrics:
             ),
             tokens=Counter(
                 "qwenvl_tokens",
-                "Tokens used, by key name, model and type (prompt or completion).",
-                ["key", "model", "type"],
+                "Tokens used, by key name, model, type (prompt or completion) and source "
+                "(engine: computed by vLLM, as its own counters count; cache: answered by "
+                "the result cache).",
+                ["key", "model", "type", "source"],
                 registry=registry,
             ),
             rejections=Counter(

@@ -25,6 +25,7 @@ GENERATE_CONTENT = "generate_content"
 HEALTH = "health"
 METRICS = "metrics"
 PLAYGROUND = "playground"
+CACHE_PURGE = "cache_purge"
 OTHER = "other"
 
 PLAYGROUND_PREFIX = "/playground"
@@ -33,6 +34,7 @@ COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
+CACHE_PURGE_PATH = "/admin/cache/purge"
 # The routes that run the model and are called by their exact path.
 INFERENCE_PATHS = (CHAT_COMPLETIONS_PATH, COMPLETIONS_PATH)
 
@@ -70,6 +72,7 @@ ROUTES: dict[str, Route] = {
         Route(HEALTH, ("GET",), public=True),
         Route(METRICS, ("GET",)),
         Route(PLAYGROUND, ("GET", "HEAD"), public=True),
+        Route(CACHE_PURGE, ("POST",)),  # admin keys only (the cache layer checks)
         Route(OTHER, ()),
     )
 }
@@ -79,6 +82,7 @@ _EXACT_PATHS = {
     MODELS_PATH: MODELS,
     HEALTH_PATH: HEALTH,
     METRICS_PATH: METRICS,
+    CACHE_PURGE_PATH: CACHE_PURGE,
     PLAYGROUND_PREFIX: PLAYGROUND,
 }
 # A file under /playground/: plain segments only, no dot segments, empty segments,

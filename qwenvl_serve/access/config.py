@@ -136,7 +136,10 @@ class LimitsConfig(StrictModel):
     max_n: int = Field(
         default=8,
         ge=1,
-        description="Most choices one request may ask for (`n`; Google's `candidateCount`).",
+        description=(
+            "Most choices one request may ask for: `n` (Google's `candidateCount`), times "
+            "the prompts of a completions request."
+        ),
     )
     default_max_tokens: int = Field(
         default=1024,

@@ -46,8 +46,11 @@ def bounded(cost: Cost, limits: LimitsConfig) -> Bounded | OutOfBounds:
 
 def _out_of_bounds(cost: Cost, limits: LimitsConfig) -> OutOfBounds | None:
     allows = "this server allows at most"
-    if cost.n > limits.max_n:
-        return OutOfBounds("n", "too_many_choices", f"{allows} {limits.max_n} choices per request")
+    if cost.sequences > limits.max_n:
+        # Each prompt of a completions request runs n sequences of its own.
+        field = "n" if cost.n > limits.max_n or cost.prompts == 1 else "prompt"
+        reason = f"{allows} {limits.max_n} choices per request (n for each prompt)"
+        return OutOfBounds(field, "too_many_choices", reason)
     if cost.max_tokens > limits.max_tokens:
         return OutOfBounds(
             cost.max_tokens_field or MAX_TOKENS,

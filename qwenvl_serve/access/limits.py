@@ -57,12 +57,18 @@ def out_of_bounds_error(request: InferenceRequest, problem: OutOfBounds) -> ApiE
     return ApiError(400, f"{name}: {problem.reason}.", param=name, code=problem.code)
 
 
-def used_tokens(ticket: Ticket, watch: ResponseWatch, cost: Cost) -> int:
-    """What a finished request costs its key's tpm: the tokens the engine processed;
-    for a success whose usage could not be read, the worst case it reserved."""
+def used_tokens(ticket: Ticket, watch: ResponseWatch, cost: Cost, hit_factor: float) -> int:
+    """What a finished request costs its key's tpm: the tokens the engine processed
+    (``hit_factor`` of them for a cache hit); for a success whose usage could not be
+    read, the worst case it reserved."""
     usage = watch.engine_usage(cost)
     if usage is not None:
-        return usage.total
+        if watch.cache_hit:
+            return round(usage.total * hit_factor)
+        # A prompt prefilled before the client left counts for the key's budget, even
+        # where vLLM's counters (and so metering) do not count it.
+        reported = watch.usage.prompt_tokens if watch.usage is not None else 0
+        return max(usage.total, reported)
     return ticket.reserved_tokens if watch.succeeded else 0
 
 
@@ -81,9 +87,11 @@ class LimitsMiddleware:
         metrics: ServeMetrics,
         max_tokens_per_image: int,
         max_model_len: int | None,
+        hit_price_factor: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
+        self.hit_price_factor = hit_price_factor
         self.limits = limits
         self.limiter = Limiter(auth.keys, limits.max_in_flight)
         self.metrics = metrics
@@ -127,7 +135,7 @@ class LimitsMiddleware:
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, ticket: Ticket, cost: Cost
     ) -> None:
-        watch = ResponseWatch()
+        watch = ResponseWatch(cost.sequences)
 
         async def send_watched(message: Message) -> None:
             watch.see(message)
@@ -138,4 +146,5 @@ class LimitsMiddleware:
             await self.app(scope, receive, send_watched)
         finally:
             self.metrics.in_flight.dec()
-            self.limiter.release(ticket, used_tokens(ticket, watch, cost), self.clock())
+            used = used_tokens(ticket, watch, cost, self.hit_price_factor)
+            self.limiter.release(ticket, used, self.clock())

@@ -2,10 +2,11 @@
 
 Usage is read from the engine's response events (see :mod:`qwenvl_serve.core.responses`):
 this layer sits inside the API-family translation, so it only ever sees OpenAI answers.
-Every stream asks vLLM for usage on every chunk (``stream_options.include_usage`` and
-``continuous_usage_stats``), so a stream that ends early (the client left, vLLM failed)
-is metered from what vLLM last reported; the usage the client did not ask for is cut
-from the bytes it gets, while the events keep it for the outer layers.
+Every stream asks vLLM for its usage at the end (``stream_options.include_usage``) and
+on every chunk (``continuous_usage_stats``; on chat not when a reasoning parser runs,
+which would make that cost quadratic), so a stream that ends early is metered from
+what vLLM last reported; the usage the client did not ask for is cut from the bytes it
+gets, while the events keep it for the outer layers.
 
 What is metered is what vLLM's engine processed, as its own counters
 (``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``) count it: the prompt
@@ -36,11 +37,14 @@ from qwenvl_serve.metrics import ServeMetrics
 _SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 
-def with_usage_requested(document: dict[str, Any]) -> dict[str, Any]:
-    """The ``stream_options`` that ask vLLM for usage on every chunk and at the end."""
+def with_usage_requested(document: dict[str, Any], per_chunk: bool = True) -> dict[str, Any]:
+    """The ``stream_options`` that ask vLLM for usage at the end and, with
+    ``per_chunk``, on every chunk (what the client asked stays asked)."""
     options = document.get("stream_options")
     kept = dict(options) if isinstance(options, dict) else {}
-    return {**kept, "include_usage": True, "continuous_usage_stats": True}
+    if per_chunk:
+        kept["continuous_usage_stats"] = True
+    return {**kept, "include_usage": True}
 
 
 def without_usage(event: EngineEvent) -> bytes:
@@ -89,9 +93,15 @@ class MeteringMiddleware:
         model_name: str,
         metering: MeteringConfig,
         metrics: ServeMetrics,
+        hit_price_factor: float = 0.0,
+        chat_usage_per_chunk: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
+        self.hit_price_factor = hit_price_factor
+        # With a reasoning parser, vLLM recounts reasoning tokens over the whole output
+        # for each chunk's usage: quadratic in the output's length, on the event loop.
+        self.chat_usage_per_chunk = chat_usage_per_chunk
         self.model_name = model_name
         self.prices = metering.prices
         self.metrics = metrics
@@ -110,10 +120,12 @@ class MeteringMiddleware:
             return
         started = self.clock()
         cost = request.cost
+        per_chunk = self.chat_usage_per_chunk or not cost.chat
         trim = cost.stream and not (cost.usage_requested and cost.continuous_usage_requested)
         if cost.stream:
-            request.override("stream_options", with_usage_requested(request.document))
-        watch = ResponseWatch()
+            options = with_usage_requested(request.document, per_chunk)
+            request.override("stream_options", options)
+        watch = ResponseWatch(cost.sequences)
 
         async def send_metered(message: Message) -> None:
             watch.see(message)
@@ -140,14 +152,16 @@ class MeteringMiddleware:
     ) -> None:
         key_name = request.key_name
         usage = watch.engine_usage(request.cost)
+        source = "cache" if watch.cache_hit else "engine"
         if usage is not None:
             tokens = self.metrics.tokens
-            tokens.labels(key=key_name, model=self.model_name, type="prompt").inc(
-                usage.prompt_tokens
-            )
-            tokens.labels(key=key_name, model=self.model_name, type="completion").inc(
-                usage.completion_tokens
-            )
+            for kind, count in (
+                ("prompt", usage.prompt_tokens),
+                ("completion", usage.completion_tokens),
+            ):
+                tokens.labels(key=key_name, model=self.model_name, type=kind, source=source).inc(
+                    count
+                )
         if self.writer is None:
             return
         record = usage_record(
@@ -161,6 +175,8 @@ class MeteringMiddleware:
             images=request.image_count,
             latency_s=latency,
             prices=self.prices,
+            cache=watch.cache_outcome,
+            price_factor=self.hit_price_factor if watch.cache_hit else 1.0,
         )
         self.writer.submit(record)
 

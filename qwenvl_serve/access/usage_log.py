@@ -37,8 +37,14 @@ def usage_record(
     images: int,
     latency_s: float,
     prices: PricesConfig,
+    cache: str | None = None,
+    price_factor: float = 1.0,
 ) -> Record:
-    """One usage-log line. Only names, numbers and ids: never prompts or image data."""
+    """One usage-log line. Only names, numbers and ids: never prompts or image data.
+
+    ``cache`` is the result cache's outcome (None when it is off); a hit's tokens are
+    what its answer holds, and its cost is ``price_factor`` of theirs.
+    """
     prompt = usage.prompt_tokens if usage else 0
     completion = usage.completion_tokens if usage else 0
     return {
@@ -52,7 +58,8 @@ def usage_record(
         "completion_tokens": completion,
         "images": images,
         "latency_s": round(latency_s, 4),
-        "cost": round(prices.cost(prompt, completion), 8),
+        "cost": round(prices.cost(prompt, completion) * price_factor, 8),
+        "cache": cache,
     }
 
 

@@ -18,6 +18,7 @@ _COUNT = TypeAdapter(int)
 
 MAX_COMPLETION_TOKENS = "max_completion_tokens"
 MAX_TOKENS = "max_tokens"
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # vLLM's CompletionRequest.max_tokens default
 ALL_VOCABULARY = -1  # vLLM's spelling of "a logprob for every token of the vocabulary"
 
 
@@ -51,54 +52,62 @@ class Cost:
         return self.n * self.prompts
 
 
-def cost_of(document: dict[str, Any]) -> Cost:
-    """The cost fields of a chat or completions body.
+def cost_of(document: dict[str, Any], chat: bool) -> Cost:
+    """The cost fields of a chat (``chat``) or completions body, read as that route of
+    vLLM's reads them; the route comes from the path, never from the body.
 
-    ``max_completion_tokens`` wins over ``max_tokens`` when both are set, as in vLLM's
-    ``build_tok_params``. Logprobs are read as vLLM's ``to_sampling_params`` reads them:
-    chat asks with ``logprobs: true`` plus ``top_logprobs``, completions with an integer
-    ``logprobs``; ``echo`` without ``prompt_logprobs`` asks prompt logprobs of that size.
+    Output tokens: chat takes ``max_completion_tokens`` over ``max_tokens`` (vLLM's
+    ``build_tok_params``); completions has ``max_tokens`` only, 16 when absent (its
+    pydantic default) and the rest of the context when null. Logprobs as vLLM's
+    ``to_sampling_params``: chat asks with ``logprobs: true`` plus ``top_logprobs``,
+    completions with an integer ``logprobs``; ``echo`` without ``prompt_logprobs`` asks
+    prompt logprobs of that size (chat: ``top_logprobs``, 0 when unset).
     """
     options = document.get("stream_options")
     options = options if isinstance(options, dict) else {}
-    field = MAX_TOKENS if document.get(MAX_COMPLETION_TOKENS) is None else MAX_COMPLETION_TOKENS
-    max_tokens = _count(document.get(field))
+    if chat:
+        field = MAX_TOKENS if document.get(MAX_COMPLETION_TOKENS) is None else MAX_COMPLETION_TOKENS
+        given = document.get(field) is not None
+    else:
+        field = MAX_TOKENS
+        given = field not in document or document[field] is not None
+    value = document.get(field, COMPLETIONS_DEFAULT_MAX_TOKENS if not chat else None)
     model = document.get("model")
-    logprobs = _sample_logprobs(document)
     prompt_logprobs = _optional_count(document.get("prompt_logprobs"))
     prompt_logprobs_field = "prompt_logprobs"
     if prompt_logprobs is None and _flag(document.get("echo")):
-        prompt_logprobs, prompt_logprobs_field = _echoed_logprobs(document), "echo"
+        prompt_logprobs, prompt_logprobs_field = _echoed_logprobs(document, chat), "echo"
     token_ids = document.get("logprob_token_ids")
     return Cost(
         model=model if isinstance(model, str) else None,
-        max_tokens=max_tokens,
-        max_tokens_field=field if document.get(field) is not None else None,
+        max_tokens=_count(value),
+        max_tokens_field=field if given else None,
         n=max(1, _lax(_COUNT, document.get("n"), 1)),
         stream=_flag(document.get("stream")),
         usage_requested=_flag(options.get("include_usage")),
         continuous_usage_requested=_flag(options.get("continuous_usage_stats")),
         beam_search=_flag(document.get("use_beam_search")),
-        logprobs=logprobs,
+        logprobs=_sample_logprobs(document, chat),
         prompt_logprobs=prompt_logprobs,
         prompt_logprobs_field=prompt_logprobs_field,
         logprob_token_ids=len(token_ids) if isinstance(token_ids, list) else 0,
-        prompts=_prompt_count(document.get("prompt")),
-        chat="messages" in document,
+        prompts=1 if chat else _prompt_count(document.get("prompt")),
+        chat=chat,
     )
 
 
-def _sample_logprobs(document: dict[str, Any]) -> int | None:
-    if "messages" in document:  # chat: a flag, and the number in top_logprobs
+def _sample_logprobs(document: dict[str, Any], chat: bool) -> int | None:
+    if chat:  # a flag, and the number in top_logprobs
         if not _flag(document.get("logprobs")):
             return None
         return _lax(_COUNT, document.get("top_logprobs"), 0)
     return _optional_count(document.get("logprobs"))
 
 
-def _echoed_logprobs(document: dict[str, Any]) -> int | None:
-    name = "top_logprobs" if "messages" in document else "logprobs"
-    return _optional_count(document.get(name))
+def _echoed_logprobs(document: dict[str, Any], chat: bool) -> int | None:
+    if chat:  # TopLogprobsParam reads a missing or null top_logprobs as 0
+        return _lax(_COUNT, document.get("top_logprobs"), 0)
+    return _optional_count(document.get("logprobs"))
 
 
 def _prompt_count(prompt: object) -> int:

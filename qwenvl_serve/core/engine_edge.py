@@ -89,8 +89,10 @@ class EngineEdgeMiddleware:
 
         async def when_client_leaves() -> None:
             engine = engine_of(scope)
-            if engine is None:
-                return  # no engine to stop: vLLM's handler hears of it at once
+            if engine is None or request.cost.beam_search:
+                # No engine to stop, or beam search, whose many engine requests only
+                # vLLM's own handler can cancel: it hears of the disconnect at once.
+                return
             if stops_when_client_leaves(request.cost):
                 ids = engine_request_ids(request.route.route.name, engine_id, request.cost)
                 await abort_until_answered(engine, ids, answered)

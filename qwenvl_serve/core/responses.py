@@ -24,6 +24,7 @@ from qwenvl_serve.core.sse import SseSplitter, event_data
 # Keys our layers add to ASGI messages (servers ignore keys they do not know).
 FROM_ENGINE = "qwenvl_serve.from_engine"  # on http.response.start: vLLM answered
 ENGINE_EVENTS = "qwenvl_serve.engine_events"  # on http.response.body: list[EngineEvent]
+CACHE_OUTCOME = "qwenvl_serve.cache"  # on http.response.start: hit, miss or bypass
 _DONE = b"[DONE]"
 
 
@@ -153,25 +154,34 @@ class ResponseWatch:
     """What a layer learns from the response messages it relays: status and usage.
 
     For usage it keeps the last ``usage`` of a JSON body or of a stream's usage-only
-    chunk, and, for a stream that reports usage on every chunk, the last usage of each
-    choice: :meth:`engine_usage` reads them as vLLM's token counters count.
+    chunk; for a stream that reports usage on every chunk, the last usage of each
+    choice; and, for a stream of several sequences without it, which choices started.
+    :meth:`engine_usage` reads them as vLLM's token counters count.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sequences: int = 1) -> None:
+        self.sequences = sequences  # the request's; above 1, streamed choices are tracked
         self.status: int | None = None
+        self.streamed = False
         self.usage: Usage | None = None  # the request's total, as vLLM reports it
         self.choice_usage: dict[int, Usage] = {}  # a stream's running usage per choice
+        self.started: set[int] = set()  # choices seen producing output
         self.from_engine = False
+        self.cache_outcome: str | None = None  # set when the result cache is on
 
     def see(self, message: Message) -> None:
         """Read one outgoing message."""
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            self.streamed = is_event_stream(message)
             self.from_engine = bool(message.get(FROM_ENGINE))
+            self.cache_outcome = message.get(CACHE_OUTCOME)
             return
         for event in engine_events(message):
             if event.usage is not None:
                 self._see_usage(event, event.usage)
+            elif self.sequences > 1 and event.streamed:
+                self._see_choices(event.document)
 
     def _see_usage(self, event: EngineEvent, usage: Usage) -> None:
         document = event.document
@@ -183,6 +193,18 @@ class ResponseWatch:
             index = choice.get("index") if isinstance(choice, dict) else None
             if isinstance(index, int):
                 self.choice_usage[index] = usage
+
+    def _see_choices(self, document: Any) -> None:
+        choices = document.get("choices") if isinstance(document, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            started = isinstance(choice, dict) and isinstance(choice.get("index"), int)
+            if started and _produced_output(choice):
+                self.started.add(choice["index"])
+
+    @property
+    def cache_hit(self) -> bool:
+        """The answer came from the result cache: the engine computed nothing for it."""
+        return self.cache_outcome == "hit"
 
     @property
     def succeeded(self) -> bool:
@@ -205,4 +227,20 @@ class ResponseWatch:
             return None
         if self.usage.completion_tokens == 0:  # stopped before any sequence started
             return Usage(0, 0)
-        return Usage(self.usage.prompt_tokens * cost.n, self.usage.completion_tokens)
+        sequences = cost.n
+        if self.streamed and cost.n > 1:  # without per-chunk usage: the choices seen
+            sequences = max(1, min(cost.n, len(self.started)))
+        return Usage(self.usage.prompt_tokens * sequences, self.usage.completion_tokens)
+
+
+_OUTPUT_FIELDS = ("content", "reasoning_content", "reasoning", "tool_calls")
+
+
+def _produced_output(choice: dict[str, Any]) -> bool:
+    """A stream choice shows its sequence produced tokens: text, or a finish of its own."""
+    if choice.get("finish_reason") not in (None, "abort"):
+        return True
+    if choice.get("text"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(delta.get(name) for name in _OUTPUT_FIELDS)

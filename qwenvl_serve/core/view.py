@@ -22,7 +22,7 @@ from starlette.types import Scope
 
 from qwenvl_serve.core.cost import Cost, cost_of
 from qwenvl_serve.images.chat_request import MediaPart, media_parts
-from qwenvl_serve.routes import RouteMatch
+from qwenvl_serve.routes import CHAT_COMPLETIONS_PATH, RouteMatch
 
 _STATE_ENTRY = "qwenvl_serve.inference_request"
 
@@ -48,7 +48,7 @@ class InferenceRequest:
 
     def __post_init__(self) -> None:
         self.rewritten = self.translated
-        self.cost = cost_of(self.document)
+        self.cost = cost_of(self.document, chat=self.engine_path == CHAT_COMPLETIONS_PATH)
 
     @property
     def changed(self) -> bool:

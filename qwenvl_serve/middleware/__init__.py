@@ -31,6 +31,8 @@ from qwenvl_serve.access.auth import AuthMiddleware
 from qwenvl_serve.access.limits import LimitsMiddleware
 from qwenvl_serve.access.metering import MeteringMiddleware
 from qwenvl_serve.asgi_body import BodyPace
+from qwenvl_serve.cache.metrics import CacheMetrics
+from qwenvl_serve.cache.middleware import CacheMiddleware
 from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.core.engine_edge import EngineEdgeMiddleware
 from qwenvl_serve.core.families import families_from_config
@@ -56,7 +58,8 @@ LAYER_ORDER: tuple[tuple[str, str], ...] = (
     ("intake", "reads and parses the body once; translates API families to one view"),
     ("limits", "bounds cost, admits by key and instance from the view; body arrived"),
     ("metering", "inside the translation: sees OpenAI answers only; asks for stream usage"),
-    ("images", "checks and normalizes media in the view; the most expensive, so last"),
+    ("images", "checks and normalizes media in the view; the most expensive of the checks"),
+    ("cache", "keys on the normalized image bytes; before the edge, so a hit skips vLLM"),
     ("engine edge", "serializes the view once (or passes the client's bytes); reads answers"),
 )
 
@@ -78,8 +81,19 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
     """
     metrics = ServeMetrics.create(config.public_model_name, registry)
     app = EngineEdgeMiddleware(app)
+    admins = frozenset(key.name for key in config.auth.keys if key.admin)
+    cache_metrics = CacheMetrics.create(registry)
+    app = CacheMiddleware(app, config.cache, config.public_model_name, admins, cache_metrics)
     app = ImageNormalizationMiddleware(app, config, registry)
-    app = MeteringMiddleware(app, config.public_model_name, config.metering, metrics)
+    hit_factor = config.cache.hit_price_factor
+    app = MeteringMiddleware(
+        app,
+        config.public_model_name,
+        config.metering,
+        metrics,
+        hit_factor,
+        chat_usage_per_chunk=config.engine.reasoning_parser is None,
+    )
     app = LimitsMiddleware(
         app,
         config.auth,
@@ -87,6 +101,7 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
         metrics,
         config.images.max_tokens_per_image,
         config.engine.max_model_len,
+        hit_factor,
     )
     pace = BodyPace(config.limits.body_timeout_seconds, config.limits.min_body_bytes_per_second)
     app = IntakeMiddleware(app, families_from_config(config), config.images.max_request_bytes, pace)

@@ -48,6 +48,9 @@ class ObserveMiddleware:
         watch = ResponseWatch()
 
         async def send_observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                request = inference_request(scope)  # attached by the intake by now
+                watch.sequences = 1 if request is None else request.cost.sequences
             watch.see(message)
             await send(message)
 

@@ -40,6 +40,7 @@ def test_record_fields_and_cost():
         "images": 2,
         "latency_s": 1.2346,
         "cost": 1.25,
+        "cache": None,
     }
 
 

@@ -15,7 +15,7 @@ def chat(**fields):
 
 
 def test_cost_fields_of_a_chat_request():
-    assert cost_of(chat(max_tokens=64, stream=True, n=3)) == Cost(
+    assert cost_of(chat(max_tokens=64, stream=True, n=3), chat=True) == Cost(
         model="m", max_tokens=64, max_tokens_field="max_tokens", n=3, stream=True
     )
 
@@ -35,12 +35,12 @@ def test_cost_fields_of_a_chat_request():
     ],
 )
 def test_max_tokens(fields, max_tokens):
-    assert cost_of(chat(**fields)).max_tokens == max_tokens
+    assert cost_of(chat(**fields), chat=True).max_tokens == max_tokens
 
 
 @pytest.mark.parametrize(("n", "read"), [(None, 1), (4, 4), ("4", 4), (0, 1), ("x", 1)])
 def test_n_is_at_least_one(n, read):
-    assert cost_of(chat(n=n)).n == read
+    assert cost_of(chat(n=n), chat=True).n == read
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_n_is_at_least_one(n, read):
     ],
 )
 def test_stream_flags_are_read_as_vllm_reads_them(fields, stream, usage_requested):
-    cost = cost_of(chat(**fields))
+    cost = cost_of(chat(**fields), chat=True)
     assert (cost.stream, cost.usage_requested) == (stream, usage_requested)
 
 
@@ -158,7 +158,7 @@ def test_asking_for_usage_keeps_other_stream_options_and_asks_for_every_chunk():
 def test_logprobs_are_read_as_vllm_turns_them_into_sampling_params(
     document, logprobs, prompt_logprobs, field
 ):
-    cost = cost_of(document)
+    cost = cost_of(document, chat="messages" in document)
     assert (cost.logprobs, cost.prompt_logprobs) == (logprobs, prompt_logprobs)
     assert cost.prompt_logprobs_field == field
 
@@ -168,7 +168,7 @@ def test_logprobs_are_read_as_vllm_turns_them_into_sampling_params(
     [("one", 1), (["a", "b", "c"], 3), ([1, 2, 3], 1), ([[1, 2], [3]], 2), (None, 1)],
 )
 def test_a_completions_request_runs_one_sequence_set_per_prompt(prompt, prompts):
-    cost = cost_of({"prompt": prompt, "n": 2})
+    cost = cost_of({"prompt": prompt, "n": 2}, chat=False)
     assert (cost.prompts, cost.sequences) == (prompts, 2 * prompts)
 
 
@@ -178,7 +178,8 @@ def test_beam_search_and_token_ids_and_continuous_usage_are_read():
             use_beam_search="yes",
             logprob_token_ids=[1, 2, 3],
             stream_options={"continuous_usage_stats": 1},
-        )
+        ),
+        chat=True,
     )
     assert cost.beam_search
     assert cost.logprob_token_ids == 3

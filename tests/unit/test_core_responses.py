@@ -277,3 +277,20 @@ def test_the_splitter_keeps_unfinished_tails():
 
 def test_event_data_joins_data_lines():
     assert event_data(b"event: x\ndata: one\ndata:two\n\n") == b"one\ntwo"
+
+
+def test_without_chunk_usage_the_choices_seen_producing_output_count_their_prompt():
+    def chunk(index: int, content: str, finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": index, "delta": {"content": content}, "finish_reason": finish}
+        return {"id": "x", "choices": [choice]}
+
+    final = {"id": "x", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}
+    watch = ResponseWatch(sequences=3)
+    watch.see(SSE_START)
+    events = []
+    for document in (chunk(0, "a"), chunk(1, "", "abort"), chunk(2, "", "stop"), final):
+        raw = vllm_sse(document)
+        events.append(EngineEvent(raw, raw[6:-2], streamed=True))
+    watch.see({**body(b""), ENGINE_EVENTS: events})
+    # Choice 1 was aborted before showing any output: its prompt is not counted.
+    assert watch.engine_usage(Cost(n=3)) == Usage(18, 4)

@@ -48,7 +48,7 @@ def chat(**fields):
     ],
 )
 def test_each_bound_names_the_field_that_passes_it(document, field, code):
-    outcome = bounded(cost_of(document), LIMITS)
+    outcome = bounded(cost_of(document, chat="messages" in document), LIMITS)
     assert isinstance(outcome, OutOfBounds)
     assert (outcome.field, outcome.code) == (field, code)
     assert "this server" in outcome.reason
@@ -65,20 +65,21 @@ def test_each_bound_names_the_field_that_passes_it(document, field, code):
     ],
 )
 def test_requests_within_the_bounds_pass(document):
-    assert isinstance(bounded(cost_of(document), LIMITS), Bounded)
+    assert isinstance(bounded(cost_of(document, chat="messages" in document), LIMITS), Bounded)
 
 
 def test_prompt_logprobs_when_enabled_are_bounded_like_the_others():
     limits = LimitsConfig(prompt_logprobs=True, max_logprobs=5)
-    assert isinstance(bounded(cost_of(chat(prompt_logprobs=5)), limits), Bounded)
-    too_many = bounded(cost_of(chat(prompt_logprobs=-1)), limits)
+    assert isinstance(bounded(cost_of(chat(prompt_logprobs=5), chat=True), limits), Bounded)
+    too_many = bounded(cost_of(chat(prompt_logprobs=-1), chat=True), limits)
     assert isinstance(too_many, OutOfBounds)
     assert too_many.code == "too_many_logprobs"
 
 
 def test_beam_search_can_be_enabled():
     assert isinstance(
-        bounded(cost_of(chat(use_beam_search=True)), LimitsConfig(beam_search=True)), Bounded
+        bounded(cost_of(chat(use_beam_search=True), chat=True), LimitsConfig(beam_search=True)),
+        Bounded,
     )
 
 
@@ -92,11 +93,11 @@ def test_beam_search_can_be_enabled():
     ],
 )
 def test_a_request_that_names_no_output_limit_gets_the_default(fields, expected):
-    assert bounded(cost_of(chat(**fields)), LIMITS) == expected
+    assert bounded(cost_of(chat(**fields), chat=True), LIMITS) == expected
 
 
 def test_an_unreadable_limit_is_left_for_vllm_to_refuse():
-    outcome = bounded(cost_of(chat(max_tokens="lots")), LIMITS)
+    outcome = bounded(cost_of(chat(max_tokens="lots"), chat=True), LIMITS)
     assert outcome == Bounded(0, default_applied=False)
 
 
@@ -111,7 +112,7 @@ def test_generate_content_fields_are_named_as_google_clients_send_them():
 
 
 def test_the_worst_case_counts_every_sequence_s_prompt_and_output():
-    cost = cost_of({"prompt": ["a", "b"], "n": 3})
+    cost = cost_of({"prompt": ["a", "b"], "n": 3}, chat=False)
     # 3 sequences for each of 2 prompts; the prompts' bound is shared out over them.
     assert worst_case_tokens(cost, 10, 40, None) == 3 * (40 + 2 * 10)
     assert worst_case_tokens(cost, 10, 10_000, 100) == 3 * (200 + 2 * 10)
@@ -119,3 +120,39 @@ def test_the_worst_case_counts_every_sequence_s_prompt_and_output():
 
 def test_the_prompt_bound_replaces_media_bytes_by_their_token_ceiling():
     assert prompt_tokens_bound(body_bytes=10_000, media_chars=9_000, media=2, per_media=50) == 1_100
+
+
+def test_completions_has_no_max_completion_tokens_and_defaults_to_16():
+    # vLLM's completions route ignores max_completion_tokens and reads max_tokens only.
+    sneaky = {"prompt": "p", "max_tokens": 1_000_000, "max_completion_tokens": 1}
+    outcome = bounded(cost_of(sneaky, chat=False), LIMITS)
+    assert isinstance(outcome, OutOfBounds)
+    assert outcome.field == "max_tokens"
+    assert bounded(cost_of({"prompt": "p"}, chat=False), LIMITS) == Bounded(16, False)
+    explicit_null = {"prompt": "p", "max_tokens": None}  # vLLM: the rest of the context
+    assert bounded(cost_of(explicit_null, chat=False), LIMITS) == Bounded(1024, True)
+
+
+def test_the_route_not_the_body_says_how_logprobs_are_read():
+    disguised = {"prompt": "p", "messages": [], "echo": True, "logprobs": 20}
+    outcome = bounded(cost_of(disguised, chat=False), LIMITS)
+    assert isinstance(outcome, OutOfBounds)
+    assert outcome.code == "prompt_logprobs_disabled"
+
+
+@pytest.mark.parametrize("fields", [{"echo": True}, {"echo": True, "top_logprobs": None}])
+def test_chat_echo_alone_asks_for_prompt_logprobs(fields):
+    # vLLM reads a missing or null top_logprobs as 0: prompt logprobs of size 0, which
+    # still score every prompt token.
+    outcome = bounded(cost_of(chat(**fields), chat=True), LIMITS)
+    assert isinstance(outcome, OutOfBounds)
+    assert outcome.field == "echo"
+
+
+def test_max_n_bounds_every_sequence_of_a_request():
+    many_prompts = {"prompt": ["a"] * 3, "n": 3}
+    outcome = bounded(cost_of(many_prompts, chat=False), LIMITS)
+    assert isinstance(outcome, OutOfBounds)
+    assert (outcome.field, outcome.code) == ("prompt", "too_many_choices")
+    fits = {"prompt": ["a"] * 4, "n": 2}
+    assert isinstance(bounded(cost_of(fits, chat=False), LIMITS), Bounded)

@@ -16,9 +16,13 @@ from qwenvl_serve.routes import CHAT_COMPLETIONS, COMPLETIONS, GENERATE_CONTENT
 
 
 def test_engine_ids_follow_vllm_s_naming():
-    assert engine_request_ids(CHAT_COMPLETIONS, "r1", cost_of({"messages": []})) == ["chatcmpl-r1"]
-    assert engine_request_ids(GENERATE_CONTENT, "r2", cost_of({"messages": []})) == ["chatcmpl-r2"]
-    assert engine_request_ids(COMPLETIONS, "r3", cost_of({"prompt": ["a", "b"]})) == [
+    assert engine_request_ids(CHAT_COMPLETIONS, "r1", cost_of({"messages": []}, chat=True)) == [
+        "chatcmpl-r1"
+    ]
+    assert engine_request_ids(GENERATE_CONTENT, "r2", cost_of({"messages": []}, chat=True)) == [
+        "chatcmpl-r2"
+    ]
+    assert engine_request_ids(COMPLETIONS, "r3", cost_of({"prompt": ["a", "b"]}, chat=False)) == [
         "cmpl-r3-0",
         "cmpl-r3-1",
     ]
@@ -35,7 +39,7 @@ def test_engine_ids_follow_vllm_s_naming():
     ],
 )
 def test_which_requests_are_aborted_when_their_client_leaves(document, stops):
-    assert stops_when_client_leaves(cost_of(document)) is stops
+    assert stops_when_client_leaves(cost_of(document, chat="messages" in document)) is stops
 
 
 class Engine:

@@ -1,0 +1,1 @@
+"""The exact-match result cache: repeated deterministic requests answered without the engine."""

@@ -1,0 +1,391 @@
+"""The result cache's own logic: keys, controls, entries, stores, and the layer in the stack
+around a stand-in for vLLM (the real engine and Redis: tests/e2e/test_cache.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Receive, Scope, Send
+
+from qwenvl_serve.cache.entry import Entry, decode, encode
+from qwenvl_serve.cache.policy import Controls, cache_key, controls_of, is_deterministic
+from qwenvl_serve.cache.stores import MemoryStore, StoreUnavailableError
+from qwenvl_serve.config_loading import resolve_config
+from qwenvl_serve.middleware import QwenVLServeMiddleware
+from tests.unit.request_core import whole_body
+
+MODEL = "tiny"
+ALPHA = "alpha-test-key-0123456789abcdef"
+BETA = "beta-test-key-0123456789abcdef"
+
+
+# --- policy -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "controls"),
+    [
+        (None, Controls()),
+        (b"no-cache", Controls(no_cache=True)),
+        (b"No-Store, max-age=30", Controls(no_store=True, max_age=30)),
+        (b"max-age=abc, no-cache", Controls(no_cache=True)),
+        (b"private", Controls()),
+    ],
+)
+def test_cache_control_directives(header, controls):
+    assert controls_of(header) == controls
+
+
+@pytest.mark.parametrize(
+    ("fields", "greedy", "deterministic"),
+    [
+        ({}, False, False),  # the model's default temperature samples
+        ({"temperature": 0}, True, True),
+        ({"temperature": "0.0"}, True, True),  # read as vLLM reads it
+        ({"temperature": 0.7}, False, False),
+        ({"temperature": 0.7, "seed": 3}, False, True),
+        ({"seed": "3"}, False, True),
+        ({"seed": "three"}, False, False),
+    ],
+)
+def test_only_deterministic_requests_are_cached_by_default(fields, greedy, deterministic):
+    assert is_deterministic(fields, "greedy") is greedy
+    assert is_deterministic(fields, "deterministic") is deterministic
+    assert is_deterministic(fields, "always")
+
+
+def test_the_key_changes_with_every_output_field_and_the_caller():
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    key = cache_key("/v1/chat/completions", MODEL, "alpha", base)
+    assert key.startswith("alpha:")
+    assert cache_key("/v1/chat/completions", MODEL, "alpha", dict(base)) == key
+    changes: list[dict[str, Any]] = [{"max_tokens": 3}, {"top_k": 2}, {"messages": []}, {"n": 2}]
+    for changed in changes:
+        assert cache_key("/v1/chat/completions", MODEL, "alpha", {**base, **changed}) != key
+    assert cache_key("/v1/chat/completions", MODEL, "beta", base) != key
+    assert cache_key("/v1/completions", MODEL, "alpha", base) != key
+    assert cache_key("/v1/chat/completions", "other", "alpha", base) != key
+    assert cache_key("/v1/chat/completions", MODEL, None, base).startswith("_shared:")
+    # Usage reporting and the caller's own labels change nothing in the answer.
+    same = {**base, "stream_options": {"include_usage": True}, "user": "u1"}
+    assert cache_key("/v1/chat/completions", MODEL, "alpha", same) == key
+
+
+# --- entries and stores ---------------------------------------------------------------------
+
+
+def test_entries_round_trip_and_anything_else_decodes_to_none():
+    entry = Entry(True, b"text/event-stream", 12.5, (b"data: a\n\n", b"", b"data: [DONE]\n\n"))
+    data = encode(entry)
+    assert decode(data) == entry
+    for broken in (
+        b"",
+        b"junk",
+        data[:-1],
+        data + b"x",
+        data.replace(b"QVC1", b"QVC9"),
+        b"QVC1\n{",
+    ):
+        assert decode(broken) is None
+
+
+@pytest.mark.anyio
+async def test_the_memory_store_is_bounded_lru_with_a_ttl():
+    now = [0.0]
+    evicted = []
+    store = MemoryStore(10, ttl_seconds=5, on_evict=lambda: evicted.append(1), clock=lambda: now[0])
+    await store.put("a:1", b"1234")
+    await store.put("a:2", b"1234")
+    assert await store.get("a:1") == b"1234"  # now the most recent
+    await store.put("b:3", b"1234")
+    assert await store.get("a:2") is None  # the least recently used went
+    assert evicted == [1]
+    assert store.bytes == 8
+    now[0] = 6
+    assert await store.get("a:1") is None  # expired
+    await store.put("a:4", b"1")
+    await store.put("b:5", b"1")
+    assert await store.purge("a") == 1
+    assert await store.get("b:5") == b"1"
+    assert await store.purge(None) == 2  # b:3 (expired, not yet read) and b:5
+
+
+# --- the layer in the stack ----------------------------------------------------------------
+
+
+class FakeVllm:
+    """Answers like vLLM and counts the requests that reach it."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.cut = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request = json.loads(await whole_body(receive))
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        text = f"answer {self.calls}"
+        usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+        if not request.get("stream"):
+            choice = {"index": 0, "message": {"content": text}, "finish_reason": "stop"}
+            body = json.dumps({"id": "x", "choices": [choice], "usage": usage}).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": JSON})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE})
+        reason = "abort" if self.cut else "stop"
+        for index, (delta, finish) in enumerate([(text, None), ("", reason)], start=1):
+            chunk = {
+                "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": finish}]
+            }
+            chunk["usage"] = {"prompt_tokens": 7, "completion_tokens": index}  # type: ignore[assignment]
+            await send(sse_message(chunk))
+        await send(sse_message({"choices": [], "usage": usage}))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+JSON = [(b"content-type", b"application/json")]
+SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
+
+
+def sse_message(chunk: dict[str, Any]) -> dict[str, Any]:
+    data = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    return {"type": "http.response.body", "body": data, "more_body": True}
+
+
+def config(**cache: Any):
+    return resolve_config(
+        {
+            "model": "m",
+            "served_model_name": MODEL,
+            "auth": {
+                "keys": [
+                    {"name": "alpha", "key": ALPHA, "admin": True},
+                    {"name": "beta", "key": "sha256:" + hashlib.sha256(BETA.encode()).hexdigest()},
+                ]
+            },
+            "cache": {"enabled": True, **cache},
+        }
+    )
+
+
+def stack(inner: FakeVllm, **cache: Any) -> tuple[httpx.AsyncClient, CollectorRegistry]:
+    registry = CollectorRegistry()
+    app = QwenVLServeMiddleware(inner, config=config(**cache), registry=registry)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return client, registry
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    return {**body, **fields}
+
+
+def auth(key: str = ALPHA, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", **headers}
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    found = 0.0
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                found += sample.value
+    return found
+
+
+@pytest.mark.anyio
+async def test_a_repeat_is_a_hit_with_the_same_body_and_is_metered_as_the_cache_s():
+    inner = FakeVllm()
+    client, registry = stack(inner)
+    async with client:
+        first = await client.post("/v1/chat/completions", json=chat(), headers=auth())
+        second = await client.post("/v1/chat/completions", json=chat(), headers=auth())
+    assert inner.calls == 1
+    assert first.headers["x-qwenvl-cache"] == "miss"
+    assert second.headers["x-qwenvl-cache"] == "hit"
+    assert int(second.headers["age"]) >= 0
+    assert second.content == first.content
+    assert metric(registry, "qwenvl_tokens_total", source="engine") == 9
+    assert metric(registry, "qwenvl_tokens_total", source="cache") == 9
+    assert metric(registry, "qwenvl_cache_requests_total", outcome="hit") == 1
+
+
+@pytest.mark.anyio
+async def test_a_streaming_hit_replays_chunk_by_chunk_in_the_shape_asked_for():
+    inner = FakeVllm()
+    client, _ = stack(inner)
+    async with client:
+        live = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
+        asked = chat(stream=True, stream_options={"include_usage": True})
+        hit = await client.post("/v1/chat/completions", json=asked, headers=auth())
+        plain = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
+    assert inner.calls == 1
+    assert hit.headers["x-qwenvl-cache"] == "hit"
+    assert plain.text == live.text  # metering trims a hit as it trims a live answer
+    assert '"usage"' not in plain.text
+    events = [e for e in hit.text.split("\n\n") if e]
+    assert json.loads(events[-2].removeprefix("data: "))["usage"]["total_tokens"] == 9
+    assert sum('"usage"' in e for e in events) == 1  # only the usage chunk it asked for
+
+
+@pytest.mark.anyio
+async def test_generate_content_hits_answer_in_google_s_format():
+    inner = FakeVllm()
+    client, _ = stack(inner)
+    body = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"temperature": 0}}
+    path = f"/v1beta/models/{MODEL}:generateContent"
+    async with client:
+        first = await client.post(path, json=body, headers=auth())
+        second = await client.post(path, json=body, headers=auth())
+        streamed = await client.post(
+            f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse", json=body, headers=auth()
+        )
+        streamed_again = await client.post(
+            f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse", json=body, headers=auth()
+        )
+    assert inner.calls == 2  # one JSON, one stream
+    assert second.json() == first.json()
+    assert second.json()["candidates"][0]["content"]["parts"][0]["text"] == "answer 1"
+    assert streamed_again.text == streamed.text
+
+
+@pytest.mark.anyio
+async def test_keys_do_not_share_entries_unless_configured():
+    inner = FakeVllm()
+    client, _ = stack(inner)
+    async with client:
+        await client.post("/v1/chat/completions", json=chat(), headers=auth(ALPHA))
+        other = await client.post("/v1/chat/completions", json=chat(), headers=auth(BETA))
+    assert other.headers["x-qwenvl-cache"] == "miss"
+    assert inner.calls == 2
+    shared_inner = FakeVllm()
+    client, _ = stack(shared_inner, shared=True)
+    async with client:
+        await client.post("/v1/chat/completions", json=chat(), headers=auth(ALPHA))
+        other = await client.post("/v1/chat/completions", json=chat(), headers=auth(BETA))
+    assert other.headers["x-qwenvl-cache"] == "hit"
+
+
+@pytest.mark.anyio
+async def test_no_cache_no_store_max_age_and_sampling_requests():
+    inner = FakeVllm()
+    client, _ = stack(inner)
+    path = "/v1/chat/completions"
+    async with client:
+        not_kept = await client.post(
+            path, json=chat(), headers=auth(**{"Cache-Control": "no-store"})
+        )
+        after_no_store = await client.post(path, json=chat(), headers=auth())
+        fresh = await client.post(path, json=chat(), headers=auth(**{"Cache-Control": "no-cache"}))
+        hit = await client.post(path, json=chat(), headers=auth(**{"Cache-Control": "max-age=60"}))
+        sampled = await client.post(path, json=chat(temperature=0.8), headers=auth())
+    assert not_kept.headers["x-qwenvl-cache"] == "miss"
+    assert after_no_store.headers["x-qwenvl-cache"] == "miss"  # no-store kept nothing
+    assert fresh.headers["x-qwenvl-cache"] == "miss"  # no-cache skipped the lookup
+    assert fresh.json()["choices"][0]["message"]["content"] == "answer 3"
+    assert hit.json()["choices"][0]["message"]["content"] == "answer 3"  # what no-cache stored
+    assert sampled.headers["x-qwenvl-cache"] == "bypass"
+    assert inner.calls == 4
+
+
+@pytest.mark.anyio
+async def test_a_stream_that_did_not_finish_is_not_kept():
+    inner = FakeVllm()
+    inner.cut = True  # vLLM ends it with finish_reason abort: the client left
+    client, _ = stack(inner)
+    async with client:
+        await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
+        inner.cut = False
+        again = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
+    assert again.headers["x-qwenvl-cache"] == "miss"
+    assert inner.calls == 2
+
+
+@pytest.mark.anyio
+async def test_concurrent_identical_misses_make_one_engine_call():
+    inner = FakeVllm(delay=0.2)
+    client, _ = stack(inner)
+    async with client:
+        answers = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=chat(), headers=auth()) for _ in range(10))
+        )
+    assert inner.calls == 1
+    assert {a.json()["choices"][0]["message"]["content"] for a in answers} == {"answer 1"}
+    assert sorted(a.headers["x-qwenvl-cache"] for a in answers) == ["hit"] * 9 + ["miss"]
+
+
+class FailingStore:
+    async def get(self, name: str) -> bytes | None:
+        raise StoreUnavailableError("down")
+
+    async def put(self, name: str, data: bytes) -> None:
+        raise StoreUnavailableError("down")
+
+    async def purge(self, scope: str | None) -> int:
+        raise StoreUnavailableError("down")
+
+
+@pytest.mark.anyio
+async def test_a_failing_backend_is_a_miss_never_an_error(caplog):
+    inner = FakeVllm()
+    client, registry = stack(inner)
+    app = client._transport.app  # type: ignore[attr-defined]
+    cache_layer = find_layer(app, "CacheMiddleware")
+    cache_layer.store = FailingStore()
+    async with client:
+        answers = [
+            await client.post("/v1/chat/completions", json=chat(), headers=auth()) for _ in range(3)
+        ]
+    assert [a.status_code for a in answers] == [200] * 3
+    assert metric(registry, "qwenvl_cache_errors_total", operation="get") == 3
+    assert sum("cache backend get failed" in r.message for r in caplog.records) == 1  # throttled
+
+
+@pytest.mark.anyio
+async def test_a_corrupt_entry_is_ignored_and_replaced():
+    inner = FakeVllm()
+    client, _ = stack(inner)
+    cache_layer = find_layer(client._transport.app, "CacheMiddleware")  # type: ignore[attr-defined]
+    async with client:
+        await client.post("/v1/chat/completions", json=chat(), headers=auth())
+        store = cache_layer.store
+        for name in list(store._entries):
+            await store.put(name, b"garbage")
+        again = await client.post("/v1/chat/completions", json=chat(), headers=auth())
+        third = await client.post("/v1/chat/completions", json=chat(), headers=auth())
+    assert again.headers["x-qwenvl-cache"] == "miss"
+    assert third.headers["x-qwenvl-cache"] == "hit"
+
+
+@pytest.mark.anyio
+async def test_only_an_admin_purges_by_key_or_all():
+    inner = FakeVllm()
+    client, _ = stack(inner, shared=False)
+    async with client:
+        await client.post("/v1/chat/completions", json=chat(), headers=auth(ALPHA))
+        await client.post("/v1/chat/completions", json=chat(), headers=auth(BETA))
+        refused = await client.post("/admin/cache/purge", json={}, headers=auth(BETA))
+        by_key = await client.post("/admin/cache/purge", json={"key": "beta"}, headers=auth())
+        everything = await client.post("/admin/cache/purge", json={}, headers=auth())
+        bad = await client.post("/admin/cache/purge", json={"key": 3}, headers=auth())
+    assert refused.status_code == 403
+    assert by_key.json() == {"purged": 1}
+    assert everything.json() == {"purged": 1}
+    assert bad.status_code == 400
+
+
+def find_layer(app: Any, name: str) -> Any:
+    while type(app).__name__ != name:
+        app = app.app
+    return app
