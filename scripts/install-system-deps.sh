@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System programs the test suite drives for real: nginx (deploy tests), promtool
-# (metrics exposition), systemd-analyze (unit files), Chromium (playground) and
-# newman (Postman collection). Idempotent: installs only what is missing.
+# (metrics exposition), systemd-analyze (unit files), Chromium (playground), newman
+# (Postman collection), redis-server (the cache's Redis backend) and wrk (benchmarks).
+# Idempotent: installs only what is missing.
 set -euo pipefail
 
-declare -A APT_FOR=([nginx]=nginx [promtool]=prometheus [systemd-analyze]=systemd [chromium]=chromium)
+declare -A APT_FOR=([nginx]=nginx [promtool]=prometheus [systemd-analyze]=systemd [chromium]=chromium
+  [redis-server]=redis-server [wrk]=wrk)
 missing_apt=()
 for program in "${!APT_FOR[@]}"; do
   command -v "$program" >/dev/null 2>&1 || missing_apt+=("${APT_FOR[$program]}")
@@ -27,7 +29,7 @@ if [[ ${#missing_apt[@]} -gt 0 ]]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
   # Debian starts the packaged daemons; the tests run their own on loopback ports.
-  for service in nginx prometheus; do
+  for service in nginx prometheus redis-server; do
     if command -v systemctl >/dev/null 2>&1; then systemctl stop "$service" 2>/dev/null || true; fi
     if command -v service >/dev/null 2>&1; then service "$service" stop >/dev/null 2>&1 || true; fi
   done

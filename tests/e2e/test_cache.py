@@ -1,0 +1,272 @@
+"""The result cache against the real engine and a real Redis (Debian's redis-server)."""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from qwenvl_serve.sample_images import synthetic_jpeg
+from tests.servers import REPO, RunningServer, free_port, running_server
+
+pytestmark = pytest.mark.e2e
+CONFIG = REPO / "tests" / "configs" / "cache.yaml"
+MODEL = "qwen3-vl-tiny"
+ALPHA = "alpha-cache-key-0123456789abcdef"
+BETA = "beta-cache-key-0123456789abcdef"
+REDIS_START_TIMEOUT_S = 30.0
+
+
+class Redis:
+    """A redis-server on a loopback port, started and stopped by pid."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            ping = subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
+            )
+            if ping.stdout.strip() == b"PONG":
+                return
+            time.sleep(0.1)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    server = Redis(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Images(http.server.BaseHTTPRequestHandler):
+    """Serves whatever image bytes the test puts behind /photo.jpg."""
+
+    current = synthetic_jpeg(96, 64, seed=1)
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "image/jpeg")
+        self.send_header("content-length", str(len(self.current)))
+        self.end_headers()
+        self.wfile.write(self.current)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/photo.jpg"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tiny_model_dir: Path, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    log_path = tmp_path_factory.mktemp("logs") / "cache-server.log"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("QWENVL_TEST_ALPHA_KEY", ALPHA)
+        env.setenv("QWENVL_TEST_BETA_KEY", BETA)
+        env.setenv("QWENVL_TEST_REDIS_URL", f"redis://127.0.0.1:{redis.port}/0")
+        with running_server(CONFIG, [f"model={tiny_model_dir}"], log_path) as running:
+            yield running
+
+
+def post(
+    server: RunningServer, body: dict[str, Any], key: str = ALPHA, **headers: str
+) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}", **headers},
+        timeout=120,
+    )
+
+
+def chat(text: str, **fields: Any) -> dict[str, Any]:
+    message = {"role": "user", "content": text}
+    return {"model": MODEL, "messages": [message], "temperature": 0, "max_tokens": 8, **fields}
+
+
+def engine_requests(server: RunningServer) -> float:
+    """vLLM's own count of the requests its engine finished."""
+    text = httpx.get(
+        f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {ALPHA}"}, timeout=30
+    ).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vllm:request_success_total"
+    )
+
+
+def test_a_repeat_is_a_hit_with_the_same_body_and_usage(server: RunningServer):
+    body = chat("Describe the sea.")
+    first = post(server, body)
+    before = engine_requests(server)
+    second = post(server, body)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers["x-qwenvl-cache"] == "miss"
+    assert second.headers["x-qwenvl-cache"] == "hit"
+    assert second.json() == first.json()
+    assert "usage" in second.json()
+    assert engine_requests(server) == before  # the engine never saw the repeat
+
+
+def test_a_streaming_hit_replays_chunk_by_chunk(server: RunningServer):
+    body = chat("Describe a forest.", stream=True, stream_options={"include_usage": True})
+
+    def events() -> tuple[str, list[str]]:
+        with (
+            httpx.Client(timeout=120) as client,
+            client.stream(
+                "POST",
+                f"{server.base_url}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {ALPHA}"},
+            ) as response,
+        ):
+            lines = [line for line in response.iter_lines() if line.startswith("data:")]
+            return response.headers["x-qwenvl-cache"], lines
+
+    live_outcome, live = events()
+    hit_outcome, replayed = events()
+    assert (live_outcome, hit_outcome) == ("miss", "hit")
+    assert replayed == live  # the same chunks, usage chunk and [DONE] included
+    assert len(live) > 3
+
+
+def test_a_different_image_behind_the_same_url_is_a_miss(server: RunningServer, image_url: str):
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": image_url}},
+    ]
+    body = {**chat(""), "messages": [{"role": "user", "content": content}]}
+    assert post(server, body).headers["x-qwenvl-cache"] == "miss"
+    assert post(server, body).headers["x-qwenvl-cache"] == "hit"
+    Images.current = synthetic_jpeg(96, 64, seed=2)
+    assert post(server, body).headers["x-qwenvl-cache"] == "miss"
+
+
+def test_tenants_do_not_share_entries(server: RunningServer):
+    body = chat("A tenant's question.")
+    assert post(server, body, ALPHA).headers["x-qwenvl-cache"] == "miss"
+    assert post(server, body, BETA).headers["x-qwenvl-cache"] == "miss"
+    assert post(server, body, BETA).headers["x-qwenvl-cache"] == "hit"
+
+
+def test_no_cache_and_no_store(server: RunningServer):
+    body = chat("Controls.")
+    assert post(server, body, **{"Cache-Control": "no-store"}).headers["x-qwenvl-cache"] == "miss"
+    assert post(server, body).headers["x-qwenvl-cache"] == "miss"  # nothing was kept
+    assert post(server, body, **{"Cache-Control": "no-cache"}).headers["x-qwenvl-cache"] == "miss"
+    assert post(server, body).headers["x-qwenvl-cache"] == "hit"
+    sampled = post(server, chat("Controls.", temperature=0.9))
+    assert sampled.headers["x-qwenvl-cache"] == "bypass"
+
+
+def test_a_stream_the_client_cut_short_leaves_no_entry(server: RunningServer):
+    body = chat("A long tale.", max_tokens=200, ignore_eos=True, stream=True)
+    headers = {"Authorization": f"Bearer {ALPHA}"}
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream(
+            "POST", f"{server.base_url}/v1/chat/completions", json=body, headers=headers
+        ) as response,
+    ):
+        for count, _ in enumerate(response.iter_lines()):
+            if count > 2:
+                break
+    time.sleep(1)
+    assert post(server, body).headers["x-qwenvl-cache"] == "miss"
+
+
+def test_ten_concurrent_identical_misses_make_one_engine_call(server: RunningServer):
+    body = chat("Ten at once.", max_tokens=32, ignore_eos=True)
+    before = engine_requests(server)
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: post(server, body), range(10)))
+    assert [answer.status_code for answer in answers] == [200] * 10
+    assert len({answer.text for answer in answers}) == 1
+    assert engine_requests(server) - before == 1
+
+
+def test_generate_content_hits_answer_in_google_s_format(server: RunningServer):
+    body = {"contents": [{"parts": [{"text": "Hello"}]}], "generationConfig": {"temperature": 0}}
+    url = f"{server.base_url}/v1beta/models/{MODEL}:generateContent"
+    headers = {"x-goog-api-key": ALPHA}
+    first = httpx.post(url, json=body, headers=headers, timeout=120)
+    second = httpx.post(url, json=body, headers=headers, timeout=120)
+    assert second.headers["x-qwenvl-cache"] == "hit"
+    assert second.json() == first.json()
+    assert "candidates" in second.json()
+
+
+def test_redis_killed_mid_load_gives_no_5xx_and_hits_resume(server: RunningServer, redis: Redis):
+    body = chat("Through an outage.")
+    post(server, body)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            statuses.append(post(server, body).status_code)
+
+    with ThreadPoolExecutor(2) as pool:
+        workers = [pool.submit(load) for _ in range(2)]
+        time.sleep(1)
+        redis.stop()
+        time.sleep(2)
+        stop.set()
+        for worker in workers:
+            worker.result()
+    assert statuses
+    assert set(statuses) == {200}
+    assert post(server, body).headers["x-qwenvl-cache"] == "miss"  # Redis is gone
+    redis.start()
+    assert post(server, body).headers["x-qwenvl-cache"] == "miss"  # stored again
+    assert post(server, body).headers["x-qwenvl-cache"] == "hit"
+
+
+def test_an_admin_purges_a_tenant_s_entries(server: RunningServer):
+    body = chat("To be purged.")
+    post(server, body, BETA)
+    purge = f"{server.base_url}/admin/cache/purge"
+    refused = httpx.post(purge, json={}, headers={"Authorization": f"Bearer {BETA}"}, timeout=30)
+    assert refused.status_code == 403
+    purged = httpx.post(
+        purge, json={"key": "beta"}, headers={"Authorization": f"Bearer {ALPHA}"}, timeout=30
+    )
+    assert purged.json()["purged"] >= 1
+    assert post(server, body, BETA).headers["x-qwenvl-cache"] == "miss"
