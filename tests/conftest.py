@@ -38,6 +38,12 @@ def _port() -> int:
     return free_port()
 
 
+@pytest.fixture(scope="module")
+def usage_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh usage-log path for one test module's server."""
+    return tmp_path_factory.mktemp("usage") / "usage.jsonl"
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -10,12 +10,13 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from benchmarks.servers import end_process_tree
 from benchmarks.servers import free_port as free_port  # re-exported for the tests
@@ -88,3 +89,15 @@ def running_server(
         yield server
     finally:
         stop_server(server)
+
+
+@contextlib.contextmanager
+def running_server_with_env(
+    config: Path, overrides: Sequence[str], log_path: Path, environment: Mapping[str, str]
+) -> Iterator[RunningServer]:
+    """:func:`running_server` with ``environment`` set for the config's ``${VAR}``s."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        with running_server(config, overrides, log_path) as server:
+            yield server

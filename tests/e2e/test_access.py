@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwenvl_serve.sample_images import synthetic_jpeg
-from tests.servers import REPO, RunningServer, running_server
+from tests.servers import REPO, RunningServer, running_server_with_env
 
 pytestmark = pytest.mark.e2e
 CONFIG = REPO / "tests" / "configs" / "access.yaml"
@@ -32,20 +32,15 @@ OUR_LINE = re.compile(r"^(# (HELP|TYPE) )?qwenvl_")
 
 
 @pytest.fixture(scope="module")
-def usage_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("usage") / "usage.jsonl"
-
-
-@pytest.fixture(scope="module")
 def server(
     tiny_model_dir: Path, usage_log: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     log_path = tmp_path_factory.mktemp("logs") / "access-server.log"
     overrides = [f"model={tiny_model_dir}", f"metering.usage_log={usage_log}"]
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("QWENVL_TEST_ALPHA_KEY", ALPHA)
-        with running_server(CONFIG, overrides, log_path) as running:
-            yield running
+    with running_server_with_env(
+        CONFIG, overrides, log_path, {"QWENVL_TEST_ALPHA_KEY": ALPHA}
+    ) as running:
+        yield running
     # A clean stop: the lifespan shutdown passed through our layers and closed the log.
     assert running.process.returncode == 0, running.log_tail()
 

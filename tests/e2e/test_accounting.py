@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import REPO, RunningServer, running_server
+from tests.servers import REPO, RunningServer, running_server_with_env
 
 pytestmark = pytest.mark.e2e
 CONFIG = REPO / "tests" / "configs" / "accounting.yaml"
@@ -37,20 +37,15 @@ GOOGLE = f"/v1beta/models/{MODEL}:generateContent"
 
 
 @pytest.fixture(scope="module")
-def usage_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("usage") / "usage.jsonl"
-
-
-@pytest.fixture(scope="module")
 def server(
     tiny_model_dir: Path, usage_log: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     log_path = tmp_path_factory.mktemp("logs") / "accounting-server.log"
     overrides = [f"model={tiny_model_dir}", f"metering.usage_log={usage_log}"]
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("QWENVL_TEST_TENANT_KEY", TENANT)
-        with running_server(CONFIG, overrides, log_path) as running:
-            yield running
+    with running_server_with_env(
+        CONFIG, overrides, log_path, {"QWENVL_TEST_TENANT_KEY": TENANT}
+    ) as running:
+        yield running
 
 
 def headers(key: str = ADMIN) -> dict[str, str]:

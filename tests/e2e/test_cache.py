@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwenvl_serve.sample_images import synthetic_jpeg
-from tests.servers import REPO, RunningServer, free_port, running_server
+from tests.servers import REPO, RunningServer, free_port, running_server_with_env
 
 pytestmark = pytest.mark.e2e
 CONFIG = REPO / "tests" / "configs" / "cache.yaml"
@@ -94,12 +94,14 @@ def server(
     tiny_model_dir: Path, redis: Redis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     log_path = tmp_path_factory.mktemp("logs") / "cache-server.log"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("QWENVL_TEST_ALPHA_KEY", ALPHA)
-        env.setenv("QWENVL_TEST_BETA_KEY", BETA)
-        env.setenv("QWENVL_TEST_REDIS_URL", f"redis://127.0.0.1:{redis.port}/0")
-        with running_server(CONFIG, [f"model={tiny_model_dir}"], log_path) as running:
-            yield running
+    environment = {
+        "QWENVL_TEST_ALPHA_KEY": ALPHA,
+        "QWENVL_TEST_BETA_KEY": BETA,
+        "QWENVL_TEST_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+    }
+    overrides = [f"model={tiny_model_dir}"]
+    with running_server_with_env(CONFIG, overrides, log_path, environment) as running:
+        yield running
 
 
 def post(
