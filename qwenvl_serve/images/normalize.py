@@ -1,8 +1,8 @@
 """The image core: bytes in, bytes the engine can take out, or a refusal. No I/O.
 
-Order matters: cheap checks that need no decoding (byte size, magic bytes, header
-pixel count, aspect ratio) come first; pixels are only decoded for images that pass
-them and do not already comply.
+Order matters: cheap checks that need no decoding come first (byte size; for a plain
+JPEG, its marker structure; otherwise magic bytes, header pixel count, aspect ratio);
+pixels are only decoded for images that pass them and do not already comply.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import enum
 from dataclasses import dataclass
 
 from qwenvl_serve.images.config import ImagesConfig
-from qwenvl_serve.images.formats import JPEG_END_OF_IMAGE
 from qwenvl_serve.images.geometry import aspect_ratio_too_extreme, target_size, within_bounds
+from qwenvl_serve.images.jpeg_structure import MAX_SCANS, jpeg_structure, scan_count
 from qwenvl_serve.images.probe import ImageHeader, probe
 from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.images.transform import reencode
@@ -38,19 +38,6 @@ class NormalizedImage:
     input_pixels: int
 
 
-def is_compliant(data: bytes, header: ImageHeader, config: ImagesConfig) -> bool:
-    """True for an image the engine can take byte for byte: a complete RGB JPEG
-    within bounds that needs no turning. (Completeness is judged by the end-of-image
-    marker, which costs nothing; a truncated JPEG would fail inside the engine.)"""
-    return (
-        header.format == "jpeg"
-        and data.endswith(JPEG_END_OF_IMAGE)
-        and header.mode == "RGB"
-        and header.orientation == 1
-        and within_bounds(header.width, header.height, config.max_side, config.max_pixels)
-    )
-
-
 def inspect(data: bytes, config: ImagesConfig) -> ImageHeader:
     """Every check that needs no decoding; the header of an acceptable image."""
     if len(data) > config.max_bytes:
@@ -67,23 +54,40 @@ def inspect(data: bytes, config: ImagesConfig) -> ImageHeader:
 
 def passthrough_image(data: bytes, config: ImagesConfig) -> NormalizedImage | None:
     """``data`` as it is, when the engine can take it byte for byte; None when it must
-    be re-encoded. Header checks only: refusals raise as in :func:`normalize_image`."""
-    header = inspect(data, config)
-    if not is_compliant(data, header, config):
+    be re-encoded. No decoding: refusals raise as in :func:`normalize_image`."""
+    if len(data) > config.max_bytes:
+        raise RefusalError(Reason.IMAGE_TOO_LARGE)
+    unchanged = as_it_is(data, config)
+    if unchanged is None:
+        inspect(data, config)  # an image we would refuse raises here
+    return unchanged
+
+
+def as_it_is(data: bytes, config: ImagesConfig) -> NormalizedImage | None:
+    """``data`` unchanged, for a plain JPEG (see :mod:`~qwenvl_serve.images.jpeg_structure`)
+    within the size bounds; None for anything that needs the full path."""
+    if "jpeg" not in config.formats:
         return None
-    return NormalizedImage(
-        data, header.width, header.height, Outcome.PASSTHROUGH, len(data), header.pixels
-    )
+    structure = jpeg_structure(data)
+    width, height = structure.width, structure.height
+    if not structure.passable or aspect_ratio_too_extreme(width, height):
+        return None
+    if not within_bounds(width, height, config.max_side, config.max_pixels):
+        return None
+    return NormalizedImage(data, width, height, Outcome.PASSTHROUGH, len(data), width * height)
 
 
 def normalize_image(data: bytes, config: ImagesConfig) -> NormalizedImage:
     """Check ``data`` and make it safe for the engine: upright, RGB, within bounds,
-    sides multiples of 32, JPEG without metadata; compliant JPEGs pass unchanged."""
+    sides multiples of 32, JPEG without metadata; plain compliant JPEGs pass unchanged."""
+    if len(data) > config.max_bytes:
+        raise RefusalError(Reason.IMAGE_TOO_LARGE)
+    unchanged = as_it_is(data, config)
+    if unchanged is not None:
+        return unchanged
     header = inspect(data, config)
-    if is_compliant(data, header, config):
-        return NormalizedImage(
-            data, header.width, header.height, Outcome.PASSTHROUGH, len(data), header.pixels
-        )
+    if header.format == "jpeg" and scan_count(data) > MAX_SCANS:
+        raise RefusalError(Reason.TOO_MANY_SCANS)
     upright_w, upright_h = header.upright_size
     size = target_size(upright_w, upright_h, config.max_side, config.max_pixels)
     encoded = reencode(data, header, size, config.jpeg_quality)

@@ -67,6 +67,11 @@ class Reason(enum.Enum):
         "The image format is not accepted by this server.",
     )
     UNDECODABLE = ("invalid_image", 422, "The image could not be decoded.")
+    TOO_MANY_SCANS = (
+        "image_too_many_scans",
+        422,
+        "The JPEG repeats its scans more often than this server decodes.",
+    )
     TOO_MANY_PIXELS = (
         "image_too_many_pixels",
         422,

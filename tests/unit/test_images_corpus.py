@@ -32,6 +32,12 @@ def with_orientation(image: Image.Image, orientation: int) -> bytes:
     return encode(image, "JPEG", quality=90, exif=exif.tobytes())
 
 
+def with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
+    """``jpeg`` with one more segment right after its start-of-image marker."""
+    segment = bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
     body = kind + payload
     return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
@@ -92,8 +98,26 @@ CORPUS: dict[str, Case] = {
         lambda: synthetic_jpeg(1000, 750, seed=3), Outcome.PASSTHROUGH, (1000, 750)
     ),
     "tiny_jpeg_10x10": Case(lambda: synthetic_jpeg(10, 10, seed=4), Outcome.PASSTHROUGH, (10, 10)),
+    # Any metadata, even an EXIF block that says "upright", is stripped by re-encoding.
     "jpeg_orientation_tag_1": Case(
-        lambda: with_orientation(photo(320, 256), 1), Outcome.PASSTHROUGH, (320, 256)
+        lambda: with_orientation(photo(320, 256), 1), Outcome.CONVERTED, (320, 256)
+    ),
+    # Only plain baseline JPEGs pass as they are (see images/jpeg_structure.py).
+    "progressive_jpeg": Case(
+        lambda: encode(photo(320, 256), "JPEG", progressive=True), Outcome.CONVERTED, (320, 256)
+    ),
+    "jpeg_with_a_comment": Case(
+        lambda: encode(photo(320, 256), "JPEG", comment=b"hello"), Outcome.CONVERTED, (320, 256)
+    ),
+    "jpeg_with_a_big_app_segment": Case(
+        lambda: with_segment(synthetic_jpeg(320, 256, seed=2), 0xE2, b"x" * 60_000),
+        Outcome.CONVERTED,
+        (320, 256),
+    ),
+    "jpeg_with_bytes_after_its_end": Case(
+        lambda: synthetic_jpeg(320, 256, seed=2)[:-2] + b"\xff\xd9junk\xff\xd9",
+        Outcome.CONVERTED,
+        (320, 256),
     ),
     # Too big: resized to the bounds, sides multiples of 32.
     "12mp_jpeg": Case(lambda: synthetic_jpeg(4000, 3000, seed=5), Outcome.RESIZED, (2048, 1536)),
