@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import subprocess
 import threading
 import time
@@ -13,8 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from qwenvl_serve.deploy.loading import load_deployment
+from qwenvl_serve.deploy.local_nginx import local_variant, running_nginx
+from qwenvl_serve.deploy.nginx import render_nginx
 from qwenvl_serve.sample_images import synthetic_jpeg
 from tests.servers import REPO, RunningServer, free_port, running_server_with_env
 
@@ -94,14 +99,18 @@ def server(
     tiny_model_dir: Path, redis: Redis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     log_path = tmp_path_factory.mktemp("logs") / "cache-server.log"
-    environment = {
+    overrides = [f"model={tiny_model_dir}"]
+    with running_server_with_env(CONFIG, overrides, log_path, server_environment(redis)) as running:
+        yield running
+
+
+def server_environment(redis: Redis) -> dict[str, str]:
+    """What the cache config reads from the environment."""
+    return {
         "QWENVL_TEST_ALPHA_KEY": ALPHA,
         "QWENVL_TEST_BETA_KEY": BETA,
         "QWENVL_TEST_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
     }
-    overrides = [f"model={tiny_model_dir}"]
-    with running_server_with_env(CONFIG, overrides, log_path, environment) as running:
-        yield running
 
 
 def post(
@@ -272,3 +281,46 @@ def test_an_admin_purges_a_tenant_s_entries(server: RunningServer):
     )
     assert purged.json()["purged"] >= 1
     assert post(server, body, BETA).headers["x-qwenvl-cache"] == "miss"
+
+
+@pytest.fixture(scope="module")
+def second_replica(
+    tiny_model_dir: Path, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    log_path = tmp_path_factory.mktemp("logs") / "cache-replica.log"
+    with running_server_with_env(
+        CONFIG, [f"model={tiny_model_dir}"], log_path, server_environment(redis)
+    ) as running:
+        yield running
+
+
+def test_two_replicas_behind_nginx_share_hits_through_redis(
+    server: RunningServer,
+    second_replica: RunningServer,
+    redis: Redis,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    directory = tmp_path_factory.mktemp("nginx")
+    replicas = [f"127.0.0.1:{server.port}", f"127.0.0.1:{second_replica.port}"]
+    deployment_file = directory / "deploy.yaml"
+    models = [{"name": "tiny", "config": str(CONFIG), "default": True, "replicas": replicas}]
+    deployment_file.write_text(yaml.safe_dump({"models": models}))
+    environment = {**os.environ, **server_environment(redis)}
+    deployment = load_deployment(deployment_file, environment)
+    port = free_port()
+    site = render_nginx(local_variant(deployment, directory, f"127.0.0.1:{port}"))
+    body = chat("Shared by replicas.")
+    assert post(server, body).headers["x-qwenvl-cache"] == "miss"
+    # The other replica has never seen this request: its hit is the first one's entry.
+    assert post(second_replica, body).headers["x-qwenvl-cache"] == "hit"
+    with running_nginx(site, directory, port):
+        outcomes = [
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {ALPHA}"},
+                timeout=120,
+            ).headers["x-qwenvl-cache"]
+            for _ in range(4)
+        ]
+    assert outcomes == ["hit"] * 4
