@@ -82,7 +82,7 @@ def cost_of(document: dict[str, Any], chat: bool) -> Cost:
         model=model if isinstance(model, str) else None,
         max_tokens=_count(value),
         max_tokens_field=field if given else None,
-        n=max(1, _lax(_COUNT, document.get("n"), 1)),
+        n=max(1, _count(document.get("n")) or 1),
         stream=_flag(document.get("stream")),
         usage_requested=_flag(options.get("include_usage")),
         continuous_usage_requested=_flag(options.get("continuous_usage_stats")),
@@ -127,17 +127,21 @@ def _lax(adapter: TypeAdapter[_T], value: object, default: _T) -> _T:
 
 
 def _flag(value: object) -> bool:
+    if value is None or value is False or value is True:  # the usual spellings, no pydantic
+        return bool(value)
     return _lax(_FLAG, value, False)
 
 
 def _count(value: object) -> int:
+    if type(value) is int:
+        return max(0, value)
     return max(0, _lax(_COUNT, value, 0))
 
 
 def _optional_count(value: object) -> int | None:
     """An integer field that may be absent: None when it is, or vLLM would refuse it."""
-    if value is None:
-        return None
+    if value is None or type(value) is int:
+        return value
     try:
         return _COUNT.validate_python(value)
     except ValidationError:
