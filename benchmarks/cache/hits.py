@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -37,7 +38,8 @@ from benchmarks.servers import (
     stop,
     wait_ready,
 )
-from qwenvl_serve.sample_images import synthetic_photo
+from qwenvl_serve.bench.goals import replace_block
+from qwenvl_serve.sample_images import synthetic_jpeg
 
 CONCURRENCIES = (1, 8, 32)
 MODEL = "qwen3-vl-tiny"
@@ -56,7 +58,7 @@ def text_body() -> dict[str, object]:
 
 
 def image_body() -> dict[str, object]:
-    url = "data:image/jpeg;base64," + base64.b64encode(synthetic_photo(640, 480, seed=3)).decode()
+    url = "data:image/jpeg;base64," + base64.b64encode(synthetic_jpeg(640, 480, seed=3)).decode()
     content = [
         {"type": "text", "text": "Describe this photo in one line."},
         {"type": "image_url", "image_url": {"url": url}},
@@ -146,11 +148,46 @@ def run(seconds: float) -> dict[str, object]:
         redis.wait()
 
 
+TARGET_NAMES = {
+    "bare": "bare vLLM",
+    "memory": "ours, cache on memory",
+    "redis": "ours, cache on Redis",
+    "ours /health": "ours /health",
+}
+
+
+def report(results: dict[str, Any]) -> str:
+    """The RESULTS.md block: one row per request kind, target and concurrency."""
+    lines = [
+        f"wrk, {results['seconds']:g} s per cell, one repeated request per row (temperature 0, "
+        f"8 tokens), all targets in one run on {results['cpu_count']} cores; "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+        "| request | target | c | req/s | p50 ms | p99 ms | non-2xx |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        lines.append(
+            f"| {row['request']} | {TARGET_NAMES[row['target']]} | {row['c']} | "
+            f"{row['rps']:,.0f} | {row.get('p50_ms', float('nan')):.2f} | "
+            f"{row.get('p99_ms', float('nan')):.2f} | {row['non_2xx']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/cache-hits.json")
+    parser.add_argument(
+        "--report", action="store_true", help="write the RESULTS.md block from --out"
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        results = json.loads(args.out.read_text())
+        results_md = REPO / "benchmarks" / "RESULTS.md"
+        results_md.write_text(replace_block(results_md.read_text(), "cache-hits", report(results)))
+        return 0
     results = run(args.seconds)
     results["cpu_count"] = psutil.cpu_count()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
