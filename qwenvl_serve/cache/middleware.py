@@ -115,9 +115,8 @@ class CacheMiddleware:
     ) -> None:
         controls = controls_of(header(scope, b"cache-control"))
         shared = self.config.shared or request.key_name == NO_KEY
-        name = cache_key(
-            request.engine_path, self.model, None if shared else request.key_name, request.document
-        )
+        scope_name = None if shared else request.key_name
+        name = cache_key(request.engine_path, self.model, scope_name, request.engine_body())
         if not controls.no_cache:
             entry = await self._lookup(name, controls)
             if entry is None and name in self.flights:

@@ -1,15 +1,15 @@
 """Which requests the cache answers, under which key, and which answers it keeps. Pure.
 
-The key is built from the request view as vLLM will receive it: the engine route, the
-served model, the whole OpenAI-shaped document (text, and images as the bytes our image
+The key is built from the request exactly as vLLM will receive it: the engine route, the
+served model, the body vLLM gets (text, every field, and images as the bytes our image
 layer produced, never their URL) and, unless entries are shared, the caller's key name.
-Only fields that cannot change the output are left out of it.
+Hashing those bytes rather than a canonical form costs one pass of sha256 and no
+serialization; two spellings of one request are two entries, never a wrong answer.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,6 @@ from qwenvl_serve.core.responses import EngineEvent
 
 KEY_VERSION = "1"  # bump when the key's recipe changes: old entries are then never read
 SHARED_SCOPE = "_shared"  # no key name starts with "_", so this scope is nobody's
-# Fields that change nothing in the output: usage reporting (metering always asks for
-# the same), and labels for the caller's own bookkeeping.
-_NOT_IN_KEY = frozenset({"stream_options", "user", "request_id", "metadata"})
 _NUMBER = TypeAdapter(float)
 _INTEGER = TypeAdapter(int)
 _UNFINISHED = frozenset({"abort", "error"})
@@ -66,14 +63,14 @@ def is_deterministic(document: dict[str, Any], mode: CacheMode) -> bool:
     return greedy or _lax(_INTEGER, document.get("seed")) is not None
 
 
-def cache_key(engine_path: str, model: str, key_name: str | None, document: dict[str, Any]) -> str:
+def cache_key(engine_path: str, model: str, key_name: str | None, engine_body: bytes) -> str:
     """The entry name of a request: ``<scope>:<sha256>``, the scope being the caller's
     key name, or :data:`SHARED_SCOPE` when ``key_name`` is None (shared entries)."""
-    kept = {name: value for name, value in document.items() if name not in _NOT_IN_KEY}
-    recipe = [KEY_VERSION, engine_path, model, key_name, kept]
-    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"{SHARED_SCOPE if key_name is None else key_name}:{digest}"
+    digest = hashlib.sha256()
+    for part in (KEY_VERSION, engine_path, model, key_name or ""):
+        digest.update(part.encode() + b"\0")
+    digest.update(engine_body)
+    return f"{SHARED_SCOPE if key_name is None else key_name}:{digest.hexdigest()}"
 
 
 def complete_answer(events: list[EngineEvent]) -> bool:

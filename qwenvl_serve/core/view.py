@@ -45,6 +45,7 @@ class InferenceRequest:
     rewritten: bool = field(default=False, init=False)  # serialize the whole document
     overrides: dict[str, Any] = field(default_factory=dict, init=False)
     cost: Cost = field(init=False)
+    _body: bytes | None = field(default=None, init=False, repr=False)  # engine_body, kept
 
     def __post_init__(self) -> None:
         self.rewritten = self.translated
@@ -71,19 +72,25 @@ class InferenceRequest:
     def mark_changed(self) -> None:
         """``document`` was changed inside: vLLM must get it serialized whole."""
         self.rewritten = True
+        self._body = None
 
     def override(self, name: str, value: Any) -> None:
         """Set the top-level field ``name``, without serializing the rest again."""
         self.document[name] = value
         self.overrides[name] = value
+        self._body = None
 
     def engine_body(self) -> bytes:
-        """The bytes vLLM receives: the client's own when nothing changed."""
-        if self.rewritten:
-            return _serialized(self.document)
-        if self.overrides:
-            return with_fields_appended(self.original, self.overrides)
-        return self.original
+        """The bytes vLLM receives: the client's own when nothing changed. Built once
+        until the next change (the result cache keys on them, the engine edge sends them)."""
+        if self._body is None:
+            if self.rewritten:
+                self._body = _serialized(self.document)
+            elif self.overrides:
+                self._body = with_fields_appended(self.original, self.overrides)
+            else:
+                self._body = self.original
+        return self._body
 
 
 def _serialized(value: object) -> bytes:

@@ -61,21 +61,22 @@ def test_only_deterministic_requests_are_cached_by_default(fields, greedy, deter
     assert is_deterministic(fields, "always")
 
 
-def test_the_key_changes_with_every_output_field_and_the_caller():
-    base = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
-    key = cache_key("/v1/chat/completions", MODEL, "alpha", base)
+def test_the_key_changes_with_every_byte_vllm_gets_and_the_caller():
+    document = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    body = json.dumps(document).encode()
+    key = cache_key("/v1/chat/completions", MODEL, "alpha", body)
     assert key.startswith("alpha:")
-    assert cache_key("/v1/chat/completions", MODEL, "alpha", dict(base)) == key
+    assert cache_key("/v1/chat/completions", MODEL, "alpha", bytes(body)) == key
     changes: list[dict[str, Any]] = [{"max_tokens": 3}, {"top_k": 2}, {"messages": []}, {"n": 2}]
     for changed in changes:
-        assert cache_key("/v1/chat/completions", MODEL, "alpha", {**base, **changed}) != key
-    assert cache_key("/v1/chat/completions", MODEL, "beta", base) != key
-    assert cache_key("/v1/completions", MODEL, "alpha", base) != key
-    assert cache_key("/v1/chat/completions", "other", "alpha", base) != key
-    assert cache_key("/v1/chat/completions", MODEL, None, base).startswith("_shared:")
-    # Usage reporting and the caller's own labels change nothing in the answer.
-    same = {**base, "stream_options": {"include_usage": True}, "user": "u1"}
-    assert cache_key("/v1/chat/completions", MODEL, "alpha", same) == key
+        other = json.dumps({**document, **changed}).encode()
+        assert cache_key("/v1/chat/completions", MODEL, "alpha", other) != key
+    assert cache_key("/v1/chat/completions", MODEL, "beta", body) != key
+    assert cache_key("/v1/completions", MODEL, "alpha", body) != key
+    assert cache_key("/v1/chat/completions", "other", "alpha", body) != key
+    assert cache_key("/v1/chat/completions", MODEL, None, body).startswith("_shared:")
+    # The parts are separated: no two (route, model, scope) spell the same prefix.
+    assert cache_key("/v1/chat", "x", "a", body) != cache_key("/v1/cha", "tx", "a", body)
 
 
 # --- entries and stores ---------------------------------------------------------------------
@@ -225,16 +226,19 @@ async def test_a_repeat_is_a_hit_with_the_same_body_and_is_metered_as_the_cache_
 async def test_a_streaming_hit_replays_chunk_by_chunk_in_the_shape_asked_for():
     inner = FakeVllm()
     client, _ = stack(inner)
+    asked = chat(stream=True, stream_options={"include_usage": True})
     async with client:
         live = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
-        asked = chat(stream=True, stream_options={"include_usage": True})
-        hit = await client.post("/v1/chat/completions", json=asked, headers=auth())
         plain = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
-    assert inner.calls == 1
-    assert hit.headers["x-qwenvl-cache"] == "hit"
+        live_asked = await client.post("/v1/chat/completions", json=asked, headers=auth())
+        hit_asked = await client.post("/v1/chat/completions", json=asked, headers=auth())
+    # Another usage ask is another body, so another entry: a miss, never a wrong shape.
+    assert inner.calls == 2
+    assert plain.headers["x-qwenvl-cache"] == hit_asked.headers["x-qwenvl-cache"] == "hit"
     assert plain.text == live.text  # metering trims a hit as it trims a live answer
     assert '"usage"' not in plain.text
-    events = [e for e in hit.text.split("\n\n") if e]
+    assert hit_asked.text == live_asked.text
+    events = [e for e in hit_asked.text.split("\n\n") if e]
     assert json.loads(events[-2].removeprefix("data: "))["usage"]["total_tokens"] == 9
     assert sum('"usage"' in e for e in events) == 1  # only the usage chunk it asked for
 
