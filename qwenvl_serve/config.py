@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeInt, ValidationInfo, field_validator
+from pydantic import Field, NonNegativeInt, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from qwenvl_serve.access.config import AuthConfig, LimitsConfig, MeteringConfig, MetricsConfig
@@ -19,6 +19,7 @@ from qwenvl_serve.engine_passthrough import refused_env, refused_extra_args
 from qwenvl_serve.genai.config import GenerateContentConfig
 from qwenvl_serve.images.config import ImagesConfig
 from qwenvl_serve.playground.config import PlaygroundConfig
+from qwenvl_serve.video.config import VideoConfig
 
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 MediaKind = Literal["image", "video", "audio"]
@@ -43,9 +44,12 @@ Quantization = Literal[
 
 
 def _default_media_limits() -> dict[MediaKind, int]:
-    return {"image": 4, "video": 0}
+    return {"image": 4}
 
 
+# Videos per request: vLLM takes the frames' timing per request (media_io_kwargs keyed
+# by modality), so one request can describe one video.
+VIDEOS_PER_REQUEST = 1
 # What vLLM allows of a media kind that `--limit-mm-per-prompt` does not name
 # (`MultiModalConfig.get_limit_per_prompt`).
 VLLM_DEFAULT_MEDIA_LIMIT = 999
@@ -87,7 +91,8 @@ class EngineConfig(StrictModel):
         default_factory=_default_media_limits,
         description=(
             "Most media items of each kind per request; 0 turns a kind off and frees "
-            "the memory vLLM would reserve for it."
+            "the memory vLLM would reserve for it. The video entry follows `video.enabled` "
+            "(one video per request, or none)."
         ),
     )
     enforce_eager: bool = Field(
@@ -158,6 +163,30 @@ class ShutdownConfig(StrictModel):
     )
 
 
+def video_config_problem(config: InstanceConfig) -> str | None:
+    """Why the video settings contradict the rest of ``config``, or None."""
+    video = config.video
+    explicit = config.engine.limit_mm_per_prompt.get("video")
+    wanted = VIDEOS_PER_REQUEST if video.enabled else 0
+    if explicit is not None and explicit != wanted:
+        return (
+            f"engine.limit_mm_per_prompt.video is {explicit}, but it follows video.enabled "
+            f"({wanted} here): leave it out and set video.enabled"
+        )
+    if not video.enabled:
+        return None
+    trusted = {"mm_processor_kwargs", "media_io_kwargs"} & set(config.images.allowed_request_fields)
+    if trusted:
+        return (
+            f"images.allowed_request_fields lists {', '.join(sorted(trusted))}, which the "
+            "video layer sets on the client's behalf: remove it or turn video off"
+        )
+    max_len = config.engine.max_model_len
+    if max_len is not None and video.max_tokens >= max_len:
+        return f"video.max_tokens ({video.max_tokens}) must be below engine.max_model_len"
+    return None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -186,6 +215,7 @@ class InstanceConfig(StrictModel):
         description="vLLM engine settings.",
     )
     images: ImagesConfig = Field(default_factory=ImagesConfig, description="Image handling.")
+    video: VideoConfig = Field(default_factory=VideoConfig, description="Video handling.")
     auth: AuthConfig = Field(
         default_factory=AuthConfig,
         validate_default=True,  # an omitted `auth:` must still meet the loopback rule
@@ -219,6 +249,13 @@ class InstanceConfig(StrictModel):
             )
         return auth
 
+    @model_validator(mode="after")
+    def _video_rules_agree(self) -> InstanceConfig:
+        problem = video_config_problem(self)
+        if problem is not None:
+            raise PydanticCustomError("video_config", problem)
+        return self
+
     @property
     def public_model_name(self) -> str:
         """The model name clients use in requests and see in responses."""
@@ -226,7 +263,25 @@ class InstanceConfig(StrictModel):
 
     def engine_media_limit(self, kind: MediaKind) -> int:
         """How many items of ``kind`` vLLM accepts in one prompt under this config."""
+        if kind == "video":
+            return VIDEOS_PER_REQUEST if self.video.enabled else 0
         return self.engine.limit_mm_per_prompt.get(kind, VLLM_DEFAULT_MEDIA_LIMIT)
+
+    @property
+    def engine_media_limits(self) -> dict[MediaKind, int]:
+        """vLLM's ``--limit-mm-per-prompt``: the configured kinds, video as it follows."""
+        return {**self.engine.limit_mm_per_prompt, "video": self.engine_media_limit("video")}
+
+    @property
+    def max_tokens_per_media(self) -> int:
+        """The most prompt tokens one media item (image or video) can become."""
+        video = self.video.max_tokens if self.video.enabled else 0
+        return max(self.images.max_tokens_per_image, video)
+
+    @property
+    def max_videos_per_request(self) -> int:
+        """The most videos one request can carry (the video layer and vLLM agree)."""
+        return self.engine_media_limit("video")
 
     @property
     def max_images_per_request(self) -> int:

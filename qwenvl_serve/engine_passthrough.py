@@ -35,6 +35,9 @@ RESERVED_FLAGS: dict[str, str] = {
     "-ep": "set `engine.enable_expert_parallel`",
     "--reasoning-parser": "set `engine.reasoning_parser`",
     "--mm-processor-kwargs": "set `images.max_pixels`: both layers must agree on it",
+    "--trust-request-mm-kwargs": (
+        "set `video.enabled`: clients' own processor kwargs would bypass media checks"
+    ),
     "--shutdown-timeout": "set `shutdown.drain_seconds`",
     "--max-logprobs": "set `limits.max_logprobs`",
     "--middleware": "qwenvl-serve loads its own middleware",

@@ -18,6 +18,8 @@ MIDDLEWARE_CLASS = "qwenvl_serve.middleware.QwenVLServeMiddleware"
 CONFIG_ENV_VAR = "QWENVL_SERVE_CONFIG"
 # A host no URL can have (RFC 2606 reserves .invalid): vLLM then refuses every media URL.
 NO_MEDIA_DOMAIN = "invalid.invalid"
+# One visual token covers 32x32 pixels in each of two frames.
+VIDEO_PIXELS_PER_TOKEN = 32 * 32 * 2
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,9 @@ def build_vllm_args(config: InstanceConfig) -> list[str]:
         "--dtype", engine.dtype,
         "--gpu-memory-utilization", _number(engine.gpu_memory_utilization),
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
-        "--limit-mm-per-prompt", json.dumps(engine.limit_mm_per_prompt, sort_keys=True),
+        "--limit-mm-per-prompt", json.dumps(config.engine_media_limits, sort_keys=True),
         # vLLM's processor bounds image pixels exactly as our image layer does.
-        "--mm-processor-kwargs", json.dumps(_image_processor_kwargs(config)),
+        "--mm-processor-kwargs", json.dumps(_processor_kwargs(config)),
         # vLLM fetches no media itself: only the data: URLs our layer vetted reach it.
         "--allowed-media-domains", NO_MEDIA_DOMAIN,
         "--middleware", MIDDLEWARE_CLASS,
@@ -71,6 +73,11 @@ def build_vllm_args(config: InstanceConfig) -> list[str]:
         ("--enable-expert-parallel", engine.enable_expert_parallel),
     ]
     args += [flag for flag, enabled in flags if enabled]
+    if config.video.enabled:
+        # The video layer sets media_io_kwargs (the frames' timing) for the client;
+        # clients' own are refused by the image layer unless the operator allows them,
+        # which the config refuses while video is on.
+        args.append("--trust-request-mm-kwargs")
     return args + list(engine.extra_args)
 
 
@@ -82,14 +89,24 @@ def drain_timeout_seconds(drain_seconds: float) -> int:
     return math.ceil(drain_seconds)
 
 
-def _image_processor_kwargs(config: InstanceConfig) -> dict[str, object]:
-    """Qwen-VL processor kwargs scoped to images (video keeps its own budget).
+def _processor_kwargs(config: InstanceConfig) -> dict[str, object]:
+    """Qwen-VL processor kwargs, scoped to images and videos.
 
     The current form of the pixel bounds: ``size`` in pixel counts (``max_pixels``
-    itself makes transformers print a deprecation warning on every request).
+    itself makes transformers print a deprecation warning on every request). For
+    video the bound is summed over all frames; the video layer's frames already fit
+    it, so the processor keeps their size, and vLLM sizes its encoder budget from it.
     """
     size = {"longest_edge": config.images.max_pixels, "shortest_edge": DEFAULT_MIN_PIXELS}
-    return {"images_kwargs": {"size": size}}
+    kwargs: dict[str, object] = {"images_kwargs": {"size": size}}
+    if config.video.enabled:
+        video_size = {
+            "longest_edge": config.video.max_visual_tokens * VIDEO_PIXELS_PER_TOKEN,
+            "shortest_edge": VIDEO_PIXELS_PER_TOKEN,
+        }
+        # The pixel cap per frame is ours (video.max_frame_tokens): the processor's off.
+        kwargs["videos_kwargs"] = {"size": video_size, "cap_pixels_per_frame": False}
+    return kwargs
 
 
 def build_vllm_env(config: InstanceConfig) -> dict[str, str]:

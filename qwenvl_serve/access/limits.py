@@ -85,7 +85,7 @@ class LimitsMiddleware:
         auth: AuthConfig,
         limits: LimitsConfig,
         metrics: ServeMetrics,
-        max_tokens_per_image: int,
+        max_tokens_per_media: int,
         max_model_len: int | None,
         hit_price_factor: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
@@ -95,7 +95,7 @@ class LimitsMiddleware:
         self.limits = limits
         self.limiter = Limiter(auth.keys, limits.max_in_flight)
         self.metrics = metrics
-        self.max_tokens_per_image = max_tokens_per_image
+        self.max_tokens_per_media = max_tokens_per_media
         self.max_model_len = max_model_len
         self.clock = clock
 
@@ -128,7 +128,7 @@ class LimitsMiddleware:
             len(request.original),
             sum(part.chars for part in media),
             len(media),
-            self.max_tokens_per_image,
+            self.max_tokens_per_media,
         )
         return worst_case_tokens(request.cost, within.max_tokens, prompt, self.max_model_len)
 

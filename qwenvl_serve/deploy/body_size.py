@@ -14,13 +14,15 @@ BASE64_GROWTH = 4 / 3
 
 
 def derived_body_bytes(instance: InstanceConfig) -> int:
-    """Every allowed image at its largest, base64-encoded, plus the text margin.
+    """Every allowed image and video at its largest, base64-encoded, plus the text margin.
 
     Never more than the instance's own `images.max_request_bytes`, which it would refuse
     anyway: nginx then answers 413 before the body crosses the network.
     """
-    images = instance.max_images_per_request * instance.images.max_bytes * BASE64_GROWTH
-    return min(math.ceil(images) + TEXT_MARGIN_BYTES, instance.images.max_request_bytes)
+    images = instance.max_images_per_request * instance.images.max_bytes
+    videos = instance.max_videos_per_request * instance.video.max_bytes
+    media = math.ceil((images + videos) * BASE64_GROWTH)
+    return min(media + TEXT_MARGIN_BYTES, instance.images.max_request_bytes)
 
 
 def body_limit_mib(

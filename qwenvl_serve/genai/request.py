@@ -68,6 +68,7 @@ GOOGLE_FIELD_NAMES = {
     for google, openai in {**_NUMBERS, **_INTEGERS}.items()
 }
 _IMAGE_MIME = re.compile(r"^image/[A-Za-z0-9.+-]+$")
+_VIDEO_MIME = re.compile(r"^video/[A-Za-z0-9.+-]+$")
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _JSON_MIME = "application/json"
 
@@ -146,19 +147,21 @@ def _part(value: object, path: str) -> ContentPart:
             raise InvalidRequestError(f"{part.name('text')} must be a string.")
         return {"type": "text", "text": text}
     if "inline_data" in part.values:
-        url = _data_url(part.get("inline_data"), part.name("inline_data"))
+        kind, url = _data_url(part.get("inline_data"), part.name("inline_data"))
     else:
-        url = _file_url(part.get("file_data"), part.name("file_data"))
-    return {"type": "image_url", "image_url": {"url": url}}
+        kind, url = _file_url(part.get("file_data"), part.name("file_data"))
+    return {"type": f"{kind}_url", f"{kind}_url": {"url": url}}
 
 
-def _data_url(value: object, path: str) -> str:
+def _data_url(value: object, path: str) -> tuple[str, str]:
     blob = read_object(value, path, _BLOB_FIELDS)
-    mime_type = _image_mime_type(blob, required=True)
+    mime_type = _media_mime_type(blob, required=True)
+    assert mime_type is not None
     data = blob.string("data")
     if not data:
         raise InvalidRequestError(f"{blob.name('data')} is required.")
-    return f"data:{mime_type};base64,{_standard_base64(data, blob.name('data'))}"
+    url = f"data:{mime_type};base64,{_standard_base64(data, blob.name('data'))}"
+    return _kind_of(mime_type), url
 
 
 def _standard_base64(data: str, name: str) -> str:
@@ -172,9 +175,9 @@ def _standard_base64(data: str, name: str) -> str:
     return standard
 
 
-def _file_url(value: object, path: str) -> str:
+def _file_url(value: object, path: str) -> tuple[str, str]:
     file = read_object(value, path, _FILE_FIELDS)
-    _image_mime_type(file, required=False)
+    mime_type = _media_mime_type(file, required=False)
     uri = file.string("file_uri")
     if not uri:
         raise InvalidRequestError(f"{file.name('file_uri')} is required.")
@@ -183,19 +186,24 @@ def _file_url(value: object, path: str) -> str:
             f"{file.name('file_uri')} must be an http or https URL; "
             "files stored elsewhere cannot be read by this server."
         )
-    return uri
+    return ("image" if mime_type is None else _kind_of(mime_type)), uri
 
 
-def _image_mime_type(blob: Fields, *, required: bool) -> str | None:
+def _kind_of(mime_type: str) -> str:
+    """``image`` or ``video``: the chat part a Google MIME type becomes."""
+    return "video" if _VIDEO_MIME.match(mime_type) else "image"
+
+
+def _media_mime_type(blob: Fields, *, required: bool) -> str | None:
     mime_type = blob.string("mime_type")
     if mime_type is None:
         if required:
             raise InvalidRequestError(f"{blob.name('mime_type')} is required.")
         return None
-    if not _IMAGE_MIME.match(mime_type):
+    if not (_IMAGE_MIME.match(mime_type) or _VIDEO_MIME.match(mime_type)):
         raise InvalidRequestError(
-            f"{blob.name('mime_type')} must be an image type such as image/jpeg; "
-            "this server reads images only."
+            f"{blob.name('mime_type')} must be an image or video type such as image/jpeg "
+            "or video/mp4; this server reads images and video only."
         )
     return mime_type
 

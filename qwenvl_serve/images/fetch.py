@@ -1,4 +1,4 @@
-"""Fetch a remote image safely: DNS once, connect only to the vetted address.
+"""Fetch a remote image (or video) safely: DNS once, connect only to the vetted address.
 
 Every hop (the URL and each redirect) is vetted by :mod:`url_vetting`; the name is
 resolved once per hop and the connection is pinned to the address that passed (the
@@ -42,6 +42,7 @@ class FetchPolicy:
     max_redirects: int
     allowed_domains: tuple[str, ...]
     allow_loopback: bool
+    accept: str = "image/*"  # the Accept header: what kind of media is fetched
 
     @classmethod
     def from_config(cls, config: ImagesConfig) -> FetchPolicy:
@@ -109,7 +110,7 @@ class RemoteImageFetcher:
             headers={
                 "Host": target.url.netloc.decode("ascii"),
                 "User-Agent": USER_AGENT,
-                "Accept": "image/*",
+                "Accept": self.policy.accept,
                 "Accept-Encoding": "identity",
             },
             extensions={"sni_hostname": target.host},

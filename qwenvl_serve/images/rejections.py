@@ -57,9 +57,9 @@ class Reason(enum.Enum):
     REMOTE_URLS_DISABLED = (
         "remote_urls_disabled",
         400,
-        "This server accepts images only as base64 `data:` URLs.",
+        "This server accepts media only as base64 `data:` URLs.",
     )
-    MALFORMED_BASE64 = ("invalid_base64", 400, "The image data is not valid base64.")
+    MALFORMED_BASE64 = ("invalid_base64", 400, "The media data is not valid base64.")
     IMAGE_TOO_LARGE = ("image_too_large", 413, "The image is larger than this server accepts.")
     UNSUPPORTED_FORMAT = (
         "unsupported_image_format",
@@ -85,20 +85,95 @@ class Reason(enum.Enum):
     URL_ADDRESS_REFUSED = (
         "image_url_refused",
         400,
-        "The image URL points to an address this server does not fetch from.",
+        "The URL points to an address this server does not fetch from.",
     )
     URL_DOMAIN_REFUSED = (
         "image_url_domain_not_allowed",
         400,
-        "The image URL's host is not on this server's list of allowed hosts.",
+        "The URL's host is not on this server's list of allowed hosts.",
     )
     FETCH_TOO_MANY_REDIRECTS = (
         "image_url_too_many_redirects",
         422,
-        "The image URL redirected too many times.",
+        "The URL redirected too many times.",
     )
-    FETCH_TIMEOUT = ("image_url_timeout", 422, "The image URL did not answer in time.")
-    FETCH_FAILED = ("image_url_unreachable", 422, "The image URL could not be fetched.")
+    FETCH_TIMEOUT = ("image_url_timeout", 422, "The URL did not answer in time.")
+    FETCH_FAILED = ("image_url_unreachable", 422, "The URL could not be fetched.")
+    TOO_MANY_VIDEOS = (
+        "too_many_videos",
+        400,
+        "The request has more videos than this server accepts in one request.",
+    )
+    BAD_VIDEO_PART = (
+        "invalid_video_part",
+        400,
+        "A video part needs `video_url` with a `url` string.",
+    )
+    BAD_VIDEO_URL = (
+        "invalid_video_url",
+        400,
+        "Video URLs must be base64 `data:` URLs or http(s) URLs.",
+    )
+    VIDEO_TOO_LARGE = ("video_too_large", 413, "The video is larger than this server accepts.")
+    VIDEO_FORMAT = (
+        "unsupported_video_format",
+        415,
+        "The video container is not accepted by this server (see its video formats).",
+    )
+    VIDEO_CODEC = (
+        "unsupported_video_codec",
+        415,
+        "The video codec is not accepted by this server (see its video codecs).",
+    )
+    VIDEO_NO_VIDEO_STREAM = ("video_no_video_stream", 422, "The file has no video stream.")
+    VIDEO_DURATION_UNKNOWN = (
+        "video_duration_unknown",
+        422,
+        "The video's header declares no duration.",
+    )
+    VIDEO_EMPTY = ("video_empty", 422, "The video has no frames.")
+    VIDEO_TOO_LONG = ("video_too_long", 422, "The video is longer than this server accepts.")
+    VIDEO_FRAME_RATE = (
+        "video_frame_rate",
+        422,
+        "The video's frame rate is missing or higher than this server accepts.",
+    )
+    VIDEO_TOO_MANY_PIXELS = (
+        "video_too_many_pixels",
+        422,
+        "The video's frames are larger than this server accepts.",
+    )
+    VIDEO_ASPECT_RATIO = (
+        "video_aspect_ratio",
+        422,
+        "The video's frames are too long and thin: their sides differ by more than 200 times.",
+    )
+    VIDEO_TRUNCATED = (
+        "video_truncated",
+        422,
+        "The video ends before the duration its header declares.",
+    )
+    VIDEO_FRAMES_EXCEED_HEADER = (
+        "video_frames_exceed_header",
+        422,
+        "The video holds far more frames than its header declares.",
+    )
+    VIDEO_UNDECODABLE = ("invalid_video", 422, "The video could not be decoded.")
+    VIDEO_TOO_MUCH_MEMORY = (
+        "video_too_much_memory",
+        422,
+        "Decoding the video needed more memory than this server allows.",
+    )
+    VIDEO_DECODE_FAILED = (
+        "video_decode_failed",
+        422,
+        "Decoding the video failed: the decoder stopped on this file.",
+    )
+    VIDEO_DECODE_TIMEOUT = (
+        "video_decode_timeout",
+        422,
+        "Decoding the video took longer than this server allows.",
+    )
 
     def __init__(self, code: str, status: int, message: str) -> None:
         self.code = code

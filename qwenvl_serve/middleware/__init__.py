@@ -45,6 +45,7 @@ from qwenvl_serve.middleware.errors import ErrorBoundaryMiddleware
 from qwenvl_serve.middleware.observe import ObserveMiddleware
 from qwenvl_serve.middleware.request_id import RequestIdMiddleware
 from qwenvl_serve.playground.middleware import PlaygroundMiddleware
+from qwenvl_serve.video.middleware import VideoMiddleware
 
 # Outermost first: the order a request meets the layers in, and why each stands there.
 LAYER_ORDER: tuple[tuple[str, str], ...] = (
@@ -59,7 +60,8 @@ LAYER_ORDER: tuple[tuple[str, str], ...] = (
     ("limits", "bounds cost, admits by key and instance from the view; body arrived"),
     ("metering", "inside the translation: sees OpenAI answers only; asks for stream usage"),
     ("images", "checks and normalizes media in the view; the most expensive of the checks"),
-    ("cache", "keys on the normalized image bytes; before the edge, so a hit skips vLLM"),
+    ("video", "after the image layer's request checks; samples video in a worker process"),
+    ("cache", "keys on the normalized media bytes; before the edge, so a hit skips vLLM"),
     ("engine edge", "serializes the view once (or passes the client's bytes); reads answers"),
 )
 
@@ -84,6 +86,8 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
     admins = frozenset(key.name for key in config.auth.keys if key.admin)
     cache_metrics = CacheMetrics.create(registry)
     app = CacheMiddleware(app, config.cache, config.public_model_name, admins, cache_metrics)
+    if config.video.enabled:
+        app = VideoMiddleware(app, config, registry)
     app = ImageNormalizationMiddleware(app, config, registry)
     hit_factor = config.cache.hit_price_factor
     app = MeteringMiddleware(
@@ -99,7 +103,7 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
         config.auth,
         config.limits,
         metrics,
-        config.images.max_tokens_per_image,
+        config.max_tokens_per_media,
         config.engine.max_model_len,
         hit_factor,
     )

@@ -505,7 +505,7 @@ def layers(inner, config, registry, **clocks):
             config.auth,
             config.limits,
             metrics,
-            config.images.max_tokens_per_image,
+            config.max_tokens_per_media,
             config.engine.max_model_len,
             **clocks,
         )

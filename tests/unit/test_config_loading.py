@@ -21,7 +21,8 @@ def test_defaults_apply_when_the_file_is_silent():
     assert config.port == 8000
     assert config.host == "127.0.0.1"
     assert config.engine.gpu_memory_utilization == 0.9
-    assert config.engine.limit_mm_per_prompt == {"image": 4, "video": 0}
+    assert config.engine.limit_mm_per_prompt == {"image": 4}
+    assert config.engine_media_limits == {"image": 4, "video": 0}
     assert config.public_model_name == "Qwen/Qwen3-VL-8B-Instruct"
 
 

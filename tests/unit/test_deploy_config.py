@@ -170,9 +170,20 @@ def test_body_size_follows_the_image_limits():
     assert derived_body_bytes(capped) == 8 * MIB
 
 
+def test_body_size_holds_a_video_when_video_is_on():
+    video = resolve_config(
+        {
+            "model": "m",
+            "video": {"enabled": True, "max_bytes": 8 * MIB},
+            "images": {"max_per_request": 1},
+        }
+    )
+    assert derived_body_bytes(video) == math.ceil((10 + 8) * MIB * 4 / 3) + MIB
+
+
 def test_nginx_and_the_server_read_a_missing_image_limit_the_same_way():
     # No `image` in the engine limits: vLLM allows 999, so the image layer's own cap holds.
-    video_only = resolve_config({"model": "m", "engine": {"limit_mm_per_prompt": {"video": 1}}})
+    video_only = resolve_config({"model": "m", "engine": {"limit_mm_per_prompt": {"audio": 0}}})
     served = rules_from_config(video_only).max_images
     assert served == video_only.max_images_per_request == 4
     assert derived_body_bytes(video_only) == math.ceil(served * 10 * MIB * 4 / 3) + MIB

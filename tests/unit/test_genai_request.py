@@ -107,6 +107,16 @@ def test_file_data_with_an_https_uri_becomes_an_image_url():
     assert content == [{"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}]
 
 
+def test_video_mime_types_become_video_url_parts():
+    inline = {"inline_data": {"mime_type": "video/mp4", "data": "AAAA"}}
+    remote = {"file_data": {"mime_type": "video/webm", "file_uri": "https://example.com/a.webm"}}
+    content = translate(user(inline, remote))["messages"][0]["content"]  # type: ignore[index]
+    assert content == [
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}},
+        {"type": "video_url", "video_url": {"url": "https://example.com/a.webm"}},
+    ]
+
+
 @pytest.mark.parametrize(
     "uri", ["gs://bucket/a.jpg", "file:///etc/passwd", "data:image/png;base64,AAAA", "a.jpg"]
 )
@@ -250,8 +260,8 @@ def test_streaming_asks_for_the_usage_chunk():
         ),
         (
             user({"inlineData": {"mimeType": "application/pdf", "data": "AAAA"}}),
-            "contents[0].parts[0].inlineData.mimeType must be an image type such as "
-            "image/jpeg; this server reads images only.",
+            "contents[0].parts[0].inlineData.mimeType must be an image or video type such "
+            "as image/jpeg or video/mp4; this server reads images and video only.",
         ),
         (
             {"contents": [{"role": "model", "parts": [{"fileData": {"fileUri": "https://a/b"}}]}]},

@@ -402,7 +402,7 @@ async def test_non_http_scopes_pass_through():
 
 def test_engine_limits_cap_the_image_count_and_switch_kinds():
     config = resolve_config(
-        {"model": "m", "engine": {"limit_mm_per_prompt": {"image": 2, "video": 1}}}
+        {"model": "m", "engine": {"limit_mm_per_prompt": {"image": 2}}, "video": {"enabled": True}}
     )
     rules = middleware_module.rules_from_config(config)
     assert (rules.max_images, rules.video_enabled, rules.audio_enabled) == (2, True, False)

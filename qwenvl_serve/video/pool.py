@@ -1,0 +1,146 @@
+"""The server's side of the decoder workers: one process per video, bounded and timed.
+
+At most ``max_concurrent`` workers run at once; a request waits for a free slot. A
+worker that refuses, crashes, hangs past its deadline or exceeds its kernel limits
+costs only its own request a refusal: the process is killed by its pid and reaped
+here, and nothing of it is left in the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Mapping
+
+from qwenvl_serve.images.rejections import Reason, RefusalError
+from qwenvl_serve.video.config import VideoConfig, VideoFormat
+from qwenvl_serve.video.containers import DEMUXERS, sniff_container
+from qwenvl_serve.video.protocol import (
+    CPU_ENV_VAR,
+    FAULT_ENV_VAR,
+    MEMORY_ENV_VAR,
+    DecodedVideo,
+    DecodeJob,
+    SourceBounds,
+    decode_message,
+    encode_job,
+)
+from qwenvl_serve.video.sampling import SamplingRules
+
+LOGGER = logging.getLogger(__name__)
+WORKER_MODULE = "qwenvl_serve.video.worker"
+
+
+def job_for(config: VideoConfig, container: VideoFormat, size: int) -> DecodeJob:
+    """The decode job for a video of ``size`` bytes in ``container`` under ``config``."""
+    bounds = SourceBounds(
+        codecs=tuple(config.codecs),
+        max_duration_seconds=config.max_duration_seconds,
+        max_side=config.max_side,
+        max_frame_pixels=config.max_frame_pixels,
+        max_source_fps=config.max_source_fps,
+    )
+    rules = SamplingRules(
+        fps=config.fps,
+        max_frames=config.max_frames,
+        max_tokens=config.max_tokens,
+        min_frame_tokens=config.min_frame_tokens,
+        max_frame_tokens=config.max_frame_tokens,
+    )
+    return DecodeJob(
+        demuxer=DEMUXERS[container],
+        bounds=bounds,
+        rules=rules,
+        jpeg_quality=config.jpeg_quality,
+        size=size,
+    )
+
+
+def worker_environment(config: VideoConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: the server's, its kernel limits, one malloc arena
+    (so its address space is what it uses, not what idle arenas reserve)."""
+    env = {name: value for name, value in environ.items() if name != FAULT_ENV_VAR}
+    fault = environ.get(FAULT_ENV_VAR)
+    if fault:
+        env[FAULT_ENV_VAR] = fault
+    env[CPU_ENV_VAR] = str(config.worker_cpu_seconds)
+    env[MEMORY_ENV_VAR] = str(config.worker_memory_mib * 1024 * 1024)
+    env["MALLOC_ARENA_MAX"] = "2"
+    return env
+
+
+class VideoDecoder:
+    """Runs decode jobs in worker processes, ``max_concurrent`` at a time."""
+
+    def __init__(self, config: VideoConfig, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.env = worker_environment(config, environ)
+        self.slots = asyncio.Semaphore(config.max_concurrent)
+
+    async def decode(self, data: bytes) -> DecodedVideo:
+        """``data`` sampled and encoded; RefusalError for every way it can fail."""
+        if len(data) > self.config.max_bytes:
+            raise RefusalError(Reason.VIDEO_TOO_LARGE)
+        container = sniff_container(data)
+        if container is None or container not in self.config.formats:
+            raise RefusalError(Reason.VIDEO_FORMAT)
+        job = job_for(self.config, container, len(data))
+        async with self.slots:
+            output = await self._run(encode_job(job), data)
+        try:
+            result = decode_message(output)
+            refusal = Reason[result] if isinstance(result, str) else None
+        except (ValueError, KeyError, TypeError):
+            raise RefusalError(Reason.VIDEO_DECODE_FAILED) from None
+        if refusal is not None:
+            raise RefusalError(refusal)
+        assert not isinstance(result, str)
+        return result
+
+    async def _run(self, header: bytes, data: bytes) -> bytes:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            WORKER_MODULE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=self.env,
+        )
+        try:
+            async with asyncio.timeout(self.config.worker_timeout_seconds):
+                output = await _exchange(process, header, data)
+                code = await process.wait()
+        except TimeoutError:
+            raise RefusalError(Reason.VIDEO_DECODE_TIMEOUT) from None
+        finally:
+            await _reap(process)
+        if code != 0:
+            # Killed by its CPU or memory limit, or crashed: the video is the cause.
+            LOGGER.warning("video worker %d ended with status %d", process.pid, code)
+            raise RefusalError(Reason.VIDEO_DECODE_FAILED)
+        return output
+
+
+async def _exchange(process: asyncio.subprocess.Process, header: bytes, data: bytes) -> bytes:
+    """Send the job, read the whole answer (empty when the worker died first)."""
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        process.stdin.write(header)
+        process.stdin.write(data)
+        await process.stdin.drain()
+        process.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it died before reading everything: its exit status says so
+    return await process.stdout.read()
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """Kill the worker if it still runs, and wait for it (no zombie is left)."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
