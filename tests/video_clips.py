@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
@@ -28,12 +29,13 @@ def make_clip(
     codec: str = "libx264",
     container: str = "mp4",
     gop: int | None = None,
-    rotation: int = 0,
+    top_band: bool = False,
 ) -> bytes:
     """A clip of a square moving across a background that brightens with time.
 
     Frames are drawn from a few precomputed ones, so a long clip costs encoding time
-    only. ``rotation`` (degrees) tags the stream with a display matrix.
+    only. ``top_band`` paints the top eighth of every frame pure red (to tell which way
+    up a frame arrives).
     """
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=_MUXERS[container]) as output:
@@ -42,9 +44,10 @@ def make_clip(
         stream.pix_fmt = "yuv420p"
         stream.options = dict(_ENCODER_OPTIONS.get(codec, {}))
         stream.codec_context.gop_size = gop or 2 * fps
-        if rotation:
-            stream.metadata["rotate"] = str(rotation)
         frames = _palette(width, height)
+        if top_band:
+            for picture in frames:
+                picture[: height // 8] = (255, 0, 0)
         for index in range(round(seconds * fps)):
             frame = av.VideoFrame.from_ndarray(frames[index % len(frames)], format="rgb24")
             frame.pts = index
@@ -54,6 +57,16 @@ def make_clip(
         for packet in stream.encode():
             output.mux(packet)
     return buffer.getvalue()
+
+
+def turned_clockwise(mp4: bytes) -> bytes:
+    """``mp4`` with its track's display matrix set to a quarter turn clockwise, as a
+    phone stores a portrait video (PyAV writes no display matrix itself)."""
+    data = bytearray(mp4)
+    box = data.find(b"tkhd")
+    matrix = box + 4 + (40 if data[box + 4] == 0 else 52)  # after the version's fields
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    return bytes(data)
 
 
 def video_stream(output: av.container.OutputContainer, codec: str, fps: int) -> VideoStream:

@@ -16,7 +16,8 @@ from qwenvl_serve.video.sampling import SamplingRules
 # The worker's kernel limits, set by the server in its environment.
 CPU_ENV_VAR = "QWENVL_SERVE_VIDEO_WORKER_CPU_SECONDS"
 MEMORY_ENV_VAR = "QWENVL_SERVE_VIDEO_WORKER_MEMORY_BYTES"
-# Test-only: make the worker fail on purpose (crash, hang, spin, memory).
+# Test-only: make the worker fail on purpose (crash, hang, spin, memory), for every
+# video or for the one with a given sha256 (see worker.fault_for).
 FAULT_ENV_VAR = "QWENVL_SERVE_VIDEO_WORKER_FAULT"
 
 

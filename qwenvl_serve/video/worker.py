@@ -10,6 +10,7 @@ crash, which the server turns into a refusal of its own.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import resource
@@ -226,6 +227,17 @@ def _jpeg(frame: av.VideoFrame, width: int, height: int, turns: int, quality: in
     return pybase64.b64encode(buffer.getvalue())
 
 
+def fault_for(spec: str, data: bytes) -> str | None:
+    """The test-only fault to act out for ``data``: ``spec`` is comma-separated
+    ``mode`` (every video) or ``mode:sha256`` (the video with that digest) entries."""
+    digest = hashlib.sha256(data).hexdigest()
+    for entry in filter(None, spec.split(",")):
+        mode, _, target = entry.partition(":")
+        if not target or target == digest:
+            return mode
+    return None
+
+
 def _fault(name: str) -> None:
     """Fail the way a broken decoder would (tests prove the server survives each)."""
     if name == "crash":
@@ -245,7 +257,7 @@ def main() -> int:
     apply_limits(dict(os.environ))
     av.logging.set_level(None)  # FFmpeg's messages describe client bytes: keep them out
     job, data = read_job(sys.stdin.buffer)
-    fault = os.environ.get(FAULT_ENV_VAR)
+    fault = fault_for(os.environ.get(FAULT_ENV_VAR, ""), data)
     if fault:
         _fault(fault)
     try:

@@ -5,15 +5,19 @@ refusal and leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import os
 
+import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from qwenvl_serve.images.rejections import RefusalError
 from qwenvl_serve.video.pool import VideoDecoder
 from qwenvl_serve.video.protocol import FAULT_ENV_VAR, DecodedVideo
-from tests.video_clips import make_clip
+from tests.video_clips import make_clip, turned_clockwise
 from tests.video_corpus import CASES, CORPUS_VIDEO, Case
 
 
@@ -27,6 +31,19 @@ def outcome_of(data: bytes, decoder: VideoDecoder) -> str:
     assert video.frames >= 2
     assert video.payload.count(b",") == video.frames - 1
     return "sampled"
+
+
+def test_a_video_stored_sideways_arrives_upright():
+    stored = make_clip(seconds=1, width=192, height=128, top_band=True)
+    video = asyncio.run(VideoDecoder(CORPUS_VIDEO, os.environ).decode(turned_clockwise(stored)))
+    assert (video.width, video.height) == (128, 192)
+    assert (video.source_width, video.source_height) == (128, 192)
+    first = Image.open(io.BytesIO(base64.b64decode(video.payload.split(b",")[0])))
+    assert first.size == (128, 192)
+    red = np.asarray(first)[:, :, 0].astype(int) - np.asarray(first)[:, :, 1]
+    # Turned a quarter clockwise, the stored top edge is the displayed right edge.
+    assert red[:, -8:].mean() > 200
+    assert red[:, :8].mean() < 60
 
 
 def test_the_corpus_is_large_and_varied():
