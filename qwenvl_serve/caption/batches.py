@@ -1,4 +1,5 @@
-"""What goes into each request: one image, or a group of images from one directory."""
+"""What goes into each request: one image or video, or a group of images from one
+directory (a video is always alone: the server takes one video per request)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from qwenvl_serve.caption.discovery import is_video
 
 BatchKey = tuple[str, ...]
 
@@ -36,12 +39,14 @@ def plan_batches(images: Sequence[Path], group_size: int | None) -> list[Batch]:
         raise ValueError("group_size must be at least 1")
     by_directory: dict[Path, list[Path]] = {}
     for image in images:
-        by_directory.setdefault(image.parent, []).append(image)
-    return [
+        if not is_video(image):
+            by_directory.setdefault(image.parent, []).append(image)
+    grouped = [
         Batch(tuple(members[start : start + group_size]))
         for members in by_directory.values()
         for start in range(0, len(members), group_size)
     ]
+    return grouped + [Batch((video,)) for video in images if is_video(video)]
 
 
 def pending(batches: Sequence[Batch], done: set[BatchKey]) -> list[Batch]:

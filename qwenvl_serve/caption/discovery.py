@@ -1,4 +1,4 @@
-"""Find the image files named on the command line."""
+"""Find the image and video files named on the command line."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ from qwenvl_serve.errors import UserError
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 )
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
+
+
+def is_video(path: Path) -> bool:
+    """A video by its name (a video is captioned on its own, one per request)."""
+    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 class CaptionInputError(UserError):
@@ -21,8 +27,10 @@ class CaptionInputError(UserError):
 
 
 def is_candidate(path: Path) -> bool:
-    """An image by its name, and not hidden (which skips ``.DS_Store`` and ``._x.jpg`` junk)."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image or video by its name, and not hidden (which skips ``.DS_Store`` and
+    ``._x.jpg`` junk)."""
+    suffix = path.suffix.lower()
+    return (suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES) and not path.name.startswith(".")
 
 
 def _walk(directory: Path, recursive: bool) -> Iterable[Path]:
@@ -52,5 +60,5 @@ def discover_images(paths: Sequence[Path], recursive: bool) -> list[Path]:
     unique = list(dict.fromkeys(Path(os.path.normpath(p)) for p in found))
     if not unique:
         hint = "" if recursive else " (add --recursive to look in subdirectories)"
-        raise CaptionInputError(f"no images found in {', '.join(map(str, paths))}{hint}")
+        raise CaptionInputError(f"no images or videos found in {', '.join(map(str, paths))}{hint}")
     return unique

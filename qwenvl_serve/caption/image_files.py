@@ -1,4 +1,4 @@
-"""Turn image bytes into the ``data:`` URLs the API takes, after a cheap type check.
+"""Turn image and video bytes into the ``data:`` URLs the API takes, after a cheap type check.
 
 The type comes from the file's first bytes, not its name, so a renamed file is sent with
 the right MIME type and a file that is not an image at all is reported without a request.
@@ -8,6 +8,8 @@ The server does the decoding and resizing; nothing is resized here.
 from __future__ import annotations
 
 import base64
+
+from qwenvl_serve.video.containers import sniff_container
 
 _ISO_MEDIA_BRANDS = {
     b"avif": "image/avif",
@@ -19,8 +21,12 @@ _ISO_MEDIA_BRANDS = {
 }
 
 
+# The MIME type each container the server takes is sent with.
+_VIDEO_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "mkv": "video/x-matroska"}
+
+
 class NotAnImageError(ValueError):
-    """The bytes are empty or of no image type the server accepts."""
+    """The bytes are empty or of no image or video type the server accepts."""
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -37,16 +43,21 @@ def sniff_image_type(data: bytes) -> str | None:
         return "image/bmp"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "image/tiff"
-    if data[4:8] == b"ftyp":
-        return _ISO_MEDIA_BRANDS.get(data[8:12])
-    return None
+    if data[4:8] == b"ftyp" and data[8:12] in _ISO_MEDIA_BRANDS:
+        return _ISO_MEDIA_BRANDS[data[8:12]]
+    container = sniff_container(data)
+    return _VIDEO_TYPES[container] if container is not None else None
 
 
 def image_data_url(data: bytes) -> str:
-    """``data:<type>;base64,...`` for the image bytes; :class:`NotAnImageError` otherwise."""
+    """``data:<type>;base64,...`` for image or video bytes; :class:`NotAnImageError`
+    otherwise."""
     if not data:
         raise NotAnImageError("the file is empty")
     mime = sniff_image_type(data)
     if mime is None:
-        raise NotAnImageError("not an image file (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF or HEIC)")
+        raise NotAnImageError(
+            "not an image file (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF or HEIC) "
+            "or video file (MP4, MOV, WebM or MKV)"
+        )
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

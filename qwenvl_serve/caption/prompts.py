@@ -69,6 +69,7 @@ _TEMPLATES: dict[Language, dict[Style, str]] = {
 }
 
 _ONE_IMAGE: dict[Language, str] = {"en": "this image", "zh": "这张图片"}
+_ONE_VIDEO: dict[Language, str] = {"en": "this video", "zh": "这段视频"}
 _GROUP: dict[Language, str] = {"en": "these {count} images", "zh": "这 {count} 张图片"}
 _GROUP_NOTE: dict[Language, str] = {
     "en": (
@@ -82,11 +83,16 @@ _GROUP_NOTE: dict[Language, str] = {
 }
 
 
-def style_prompt(style: Style, language: Language, image_count: int = 1) -> str:
-    """The built-in prompt for ``style`` in ``language``, worded for ``image_count`` images."""
+def style_prompt(
+    style: Style, language: Language, image_count: int = 1, video: bool = False
+) -> str:
+    """The built-in prompt for ``style`` in ``language``, worded for ``image_count``
+    images, or for one video."""
     if image_count < 1:
         raise ValueError("image_count must be at least 1")
     template = _TEMPLATES[language][style]
+    if video:
+        return template.format(images=_ONE_VIDEO[language])
     if image_count == 1:
         return template.format(images=_ONE_IMAGE[language])
     subject = _GROUP[language].format(count=image_count)

@@ -16,10 +16,8 @@ def chat_request(
     max_tokens: int,
     temperature: float | None,
 ) -> dict[str, Any]:
-    """An OpenAI chat-completions body: the images first, then the prompt."""
-    content: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": url}} for url in image_urls
-    ]
+    """An OpenAI chat-completions body: the images (or the video) first, then the prompt."""
+    content: list[dict[str, Any]] = [_media_part(url) for url in image_urls]
     content.append({"type": "text", "text": prompt})
     body: dict[str, Any] = {
         "model": model,
@@ -29,6 +27,11 @@ def chat_request(
     if temperature is not None:
         body["temperature"] = temperature
     return body
+
+
+def _media_part(url: str) -> dict[str, Any]:
+    kind = "video" if url.startswith("data:video/") else "image"
+    return {"type": f"{kind}_url", f"{kind}_url": {"url": url}}
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,18 @@ def checked_base_url(text: str) -> str:
     return text
 
 
-def prompt_chooser(prompt: str | None, style: Style, language: Language) -> Callable[[int], str]:
-    """The prompt for a request of N images: the user's own, else the style's wording."""
-    if prompt is not None:
-        return lambda _count: prompt
-    return lambda count: style_prompt(style, language, count)
+def prompt_chooser(
+    prompt: str | None, style: Style, language: Language
+) -> Callable[[int, bool], str]:
+    """The prompt for a request of N images (or a video): the user's own, else the
+    style's wording."""
+
+    def chosen(count: int, video: bool) -> str:
+        if prompt is not None:
+            return prompt
+        return style_prompt(style, language, count, video)
+
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ class CaptionOptions:
 
     paths: Sequence[Path]
     recursive: bool
-    prompt_for: Callable[[int], str]
+    prompt_for: Callable[[int, bool], str]
     base_url: str
     api_key: str | None
     model: str | None

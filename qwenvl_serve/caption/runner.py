@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import httpx
 
 from qwenvl_serve.caption.batches import Batch
+from qwenvl_serve.caption.discovery import is_video
 from qwenvl_serve.caption.image_files import NotAnImageError, image_data_url
 from qwenvl_serve.caption.protocol import (
     UnexpectedAnswerError,
@@ -50,7 +51,7 @@ class CaptionRequest:
     model: str
     max_tokens: int
     temperature: float | None
-    prompt_for: Callable[[int], str]  # the prompt for a request with this many images
+    prompt_for: Callable[[int, bool], str]  # the prompt for this many images, or a video
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ async def caption_batch(
         return _with_error(failed, str(exc))
     body = chat_request(
         request.model,
-        request.prompt_for(len(urls)),
+        request.prompt_for(len(urls), any(is_video(path) for path in batch.images)),
         urls,
         request.max_tokens,
         request.temperature,

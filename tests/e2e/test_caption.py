@@ -21,6 +21,7 @@ import pytest
 
 from qwenvl_serve.sample_images import synthetic_jpeg
 from tests.servers import REPO, RunningServer, free_port
+from tests.video_clips import make_clip
 
 pytestmark = pytest.mark.e2e
 SIZES = [(640, 480), (480, 640), (512, 512), (800, 600), (320, 240)]
@@ -201,6 +202,25 @@ def test_group_sends_a_directorys_images_in_one_request(tiny_server: RunningServ
     assert row["error"] == ""
     # All three images went into the one prompt: 300 + 300 + 256 image tokens, plus text.
     assert int(row["prompt_tokens"]) > 300 + 300 + 256
+
+
+def test_videos_are_captioned_one_per_request_next_to_grouped_photos(
+    tiny_server: RunningServer, tmp_path: Path
+):
+    day = tmp_path / "day"
+    photos = write_photos(day, 2)
+    clip = day / "walk.mp4"
+    clip.write_bytes(make_clip(seconds=4, width=320, height=240))
+    out = tmp_path / "captions.jsonl"
+    base_url = f"{tiny_server.base_url}/v1"
+    result = caption(str(day), "--group", "--out", str(out), "--base-url", base_url)
+    assert result.returncode == 0, result.stderr
+    rows = {tuple(row["images"]): row for row in rows_of(out)}
+    assert set(rows) == {tuple(map(str, photos)), (str(clip),)}
+    video = rows[(str(clip),)]
+    assert video["error"] is None
+    # 8 frames of 320x256: 4 pairs of 80 tokens, timestamps and markers, plus the prompt.
+    assert video["prompt_tokens"] > 4 * 80
 
 
 def test_a_server_answering_429_at_first_is_waited_for(

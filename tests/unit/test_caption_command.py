@@ -22,7 +22,8 @@ def test_defaults_are_one_image_per_request_with_the_detailed_english_prompt():
     assert options.group_size is None
     assert options.api_key is None
     assert options.progress
-    assert "this image in detail" in options.prompt_for(1)
+    assert "this image in detail" in options.prompt_for(1, False)
+    assert "this video in detail" in options.prompt_for(1, True)
 
 
 def test_group_uses_the_group_size_and_style_and_language_choose_the_prompt():
@@ -30,12 +31,12 @@ def test_group_uses_the_group_size_and_style_and_language_choose_the_prompt():
         parse("d", "--group", "--group-size", "3", "--style", "social", "--lang", "zh"), {}
     )
     assert options.group_size == 3
-    assert "这 3 张图片" in options.prompt_for(3)
+    assert "这 3 张图片" in options.prompt_for(3, False)
 
 
 def test_own_prompt_is_used_as_is_for_any_count():
     options = CaptionOptions.from_args(parse("d", "--prompt", "Name the colours."), {})
-    assert options.prompt_for(1) == options.prompt_for(4) == "Name the colours."
+    assert options.prompt_for(1, False) == options.prompt_for(4, True) == "Name the colours."
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,21 @@ def test_keys_are_normalized_paths_and_pending_skips_finished_ones():
     assert pending(batches, {(path_key("a//1.jpg"),)}) == [batches[1]]
 
 
+def test_a_video_is_always_its_own_request():
+    photos = [Path("d/a.jpg"), Path("d/b.jpg"), Path("d/clip.MP4"), Path("d/c.jpg")]
+    assert plan_batches(photos, 4) == [
+        Batch((Path("d/a.jpg"), Path("d/b.jpg"), Path("d/c.jpg"))),
+        Batch((Path("d/clip.MP4"),)),
+    ]
+
+
+def test_videos_are_found_next_to_images(tmp_path):
+    for name in ["a.jpg", "b.mov", "c.webm", "d.mkv", "e.mp4", "f.avi"]:
+        touch(tmp_path / name)
+    found = [path.name for path in discover_images([tmp_path], recursive=False)]
+    assert found == ["a.jpg", "b.mov", "c.webm", "d.mkv", "e.mp4"]
+
+
 def test_group_size_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         plan_batches([Path("a.jpg")], 0)

@@ -14,6 +14,7 @@ from qwenvl_serve.caption.protocol import (
 )
 from qwenvl_serve.caption.results import ResultRow
 from qwenvl_serve.caption.summary import Tally, format_duration, summary_line
+from tests.video_clips import make_clip
 
 
 def test_request_puts_the_images_first_then_the_prompt():
@@ -127,6 +128,15 @@ def test_data_url_carries_the_sniffed_type_and_the_bytes():
     url = image_data_url(data)
     assert url.startswith("data:image/png;base64,")
     assert base64.b64decode(url.split(",", 1)[1]) == data
+
+
+def test_a_video_file_becomes_a_video_part():
+    url = image_data_url(
+        make_clip(seconds=0.5, width=64, height=64, container="webm", codec="libvpx")
+    )
+    assert url.startswith("data:video/webm;base64,")
+    body = chat_request("m", "Describe this video.", [url], 8, None)
+    assert body["messages"][0]["content"][0] == {"type": "video_url", "video_url": {"url": url}}
 
 
 @pytest.mark.parametrize(("data", "message"), [(b"", "empty"), (b"hello", "not an image")])

@@ -21,7 +21,7 @@ from qwenvl_serve.caption.summary import Tally
 pytestmark = pytest.mark.anyio
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 REQUEST = CaptionRequest(
-    model="tiny", max_tokens=16, temperature=None, prompt_for=lambda n: f"describe {n}"
+    model="tiny", max_tokens=16, temperature=None, prompt_for=lambda n, _video: f"describe {n}"
 )
 
 
@@ -147,7 +147,8 @@ async def test_a_file_that_is_not_an_image_is_recorded_without_a_request(tmp_pat
     row = await caption_batch(calling, REQUEST, batch, recorder.note)
     assert row.error is not None
     assert row.error.endswith(
-        "notes.jpg: not an image file (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF or HEIC)"
+        "notes.jpg: not an image file (JPEG, PNG, WebP, GIF, BMP, TIFF, AVIF or HEIC) "
+        "or video file (MP4, MOV, WebM or MKV)"
     )
     assert sent == []
 
