@@ -162,6 +162,19 @@ class LimitsConfig(StrictModel):
             "is metered as vLLM reports it."
         ),
     )
+    max_messages: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Most messages in one chat request (vLLM renders every one before any "
+            "token limit applies)."
+        ),
+    )
+    max_content_parts: int = Field(
+        default=64,
+        ge=1,
+        description="Most content parts in one message of a chat request.",
+    )
     max_logprobs: int = Field(
         default=20,
         ge=0,

@@ -1,4 +1,5 @@
-"""The most one request may cost: choices, output tokens, beam search, logprobs. Pure.
+"""The most one request may cost: its shape, choices, output tokens, beam search,
+logprobs. Pure.
 
 :func:`bounded` reads the request's cost fields (as vLLM reads them) against the
 ``limits:`` section and says either which field is out of bounds or how many output
@@ -46,6 +47,13 @@ def bounded(cost: Cost, limits: LimitsConfig) -> Bounded | OutOfBounds:
 
 def _out_of_bounds(cost: Cost, limits: LimitsConfig) -> OutOfBounds | None:
     allows = "this server allows at most"
+    if cost.messages > limits.max_messages:
+        reason = f"{allows} {limits.max_messages} messages per request"
+        return OutOfBounds("messages", "too_many_messages", reason)
+    if cost.most_parts > limits.max_content_parts:
+        field = f"messages[{cost.most_parts_at}].content"
+        reason = f"{allows} {limits.max_content_parts} content parts per message"
+        return OutOfBounds(field, "too_many_content_parts", reason)
     if cost.sequences > limits.max_n:
         # Each prompt of a completions request runs n sequences of its own.
         field = "n" if cost.n > limits.max_n or cost.prompts == 1 else "prompt"

@@ -40,6 +40,9 @@ class Cost:
     logprob_token_ids: int = 0  # how many token ids the client asked logprobs for
     prompts: int = 1  # prompts in one request: a completions request may hold a list
     chat: bool = True  # a chat request (messages), not a completions one (prompt)
+    messages: int = 0  # messages in a chat request
+    most_parts: int = 0  # content parts of its fullest message
+    most_parts_at: int = 0  # that message's index
 
     @property
     def logprobs_field(self) -> str:
@@ -93,7 +96,21 @@ def cost_of(document: dict[str, Any], chat: bool) -> Cost:
         logprob_token_ids=len(token_ids) if isinstance(token_ids, list) else 0,
         prompts=1 if chat else _prompt_count(document.get("prompt")),
         chat=chat,
+        **(_shape(document.get("messages")) if chat else {}),
     )
+
+
+def _shape(messages: object) -> dict[str, int]:
+    """How many messages, and the most content parts one of them holds (and where):
+    what vLLM walks part by part before anything is bounded by tokens."""
+    if not isinstance(messages, list):
+        return {}
+    most, at = 0, 0
+    for index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and len(content) > most:
+            most, at = len(content), index
+    return {"messages": len(messages), "most_parts": most, "most_parts_at": at}
 
 
 def _sample_logprobs(document: dict[str, Any], chat: bool) -> int | None:

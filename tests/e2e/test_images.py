@@ -102,6 +102,19 @@ def test_vision_tokens_in_completion_prompts_are_refused(
     assert plain.status_code == 200, plain.text
 
 
+def test_request_shape_is_bounded_before_vllm_walks_it(tiny_server: RunningServer):
+    # 200,000 one-character parts (6 MB) used to cost vLLM seconds of CPU to render.
+    many_parts = [{"type": "text", "text": "a"}] * 200_000
+    response = post_chat(tiny_server, chat_body([{"role": "user", "content": many_parts}]))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("too_many_content_parts", "messages[0].content")
+    many_messages = [{"role": "user", "content": "a"}] * 257
+    response = post_chat(tiny_server, chat_body(many_messages))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "too_many_messages"
+
+
 def test_per_request_processor_overrides_are_refused(tiny_server: RunningServer):
     body = {
         **chat_body(image_message(synthetic_jpeg(640, 480, seed=36))),

@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from qwenvl_serve.sample_images import synthetic_jpeg
 from tests.servers import REPO, RunningServer
+from tests.video_clips import make_clip
 
 pytestmark = pytest.mark.e2e
 # Test output stays out of the tracked tree; `make docs-screenshot` points this at the
@@ -127,6 +128,31 @@ def test_an_image_question_streams_its_answer_and_fills_in_the_numbers(
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_a_video_and_an_image_make_one_question(page, tmp_path):
+    clip = tmp_path / "walk.webm"
+    clip.write_bytes(make_clip(seconds=4, width=320, height=240, codec="libvpx", container="webm"))
+    beach = photo(tmp_path, "beach.jpg", 320, 256)
+    page.set_input_files("#image-input", [str(clip), str(beach)])
+    items = page.locator("#image-list li")
+    expect(items).to_have_count(2)
+    expect(items.first).to_contain_text("walk.webm · 320×240, 4.0 s")
+    page.set_input_files("#image-input", str(clip))  # a second video is refused here
+    expect(page.locator("#error")).to_contain_text("One video per request")
+    expect(items).to_have_count(2)
+    page.fill("#max-tokens", "2")
+    send_with_keyboard(page)
+    page.wait_for_function(
+        "() => document.getElementById('answer').dataset.state !== 'streaming'",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    assert page.get_attribute("#answer", "data-state") == "done", page.inner_text("#error")
+    # 8 frames of 320x256 (4 pairs of 80 tokens, each pair's 6 timestamp tokens and 2
+    # markers, and the 2 around them all).
+    assert page.inner_text("#image-sizes") == (
+        "walk.webm: 320×240, 4.0 s → 8 frames of 320×256, 354 tokens\nbeach.jpg: 320×256 → 320×256"
+    )
 
 
 def test_the_servers_error_message_is_shown(page, tiny_server: RunningServer, tmp_path):

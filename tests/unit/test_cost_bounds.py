@@ -14,6 +14,7 @@ from qwenvl_serve.core.cost import cost_of
 from qwenvl_serve.genai.request import GOOGLE_FIELD_NAMES
 
 LIMITS = LimitsConfig()
+PARTS_65 = {"role": "user", "content": [{"type": "text", "text": "a"}] * 65}
 
 
 def chat(**fields):
@@ -45,6 +46,16 @@ def chat(**fields):
         ({"prompt": "p", "logprobs": 21}, "logprobs", "too_many_logprobs"),
         ({"prompt": "p", "logprobs": -1}, "logprobs", "too_many_logprobs"),
         ({"prompt": "p", "echo": True, "logprobs": 1}, "echo", "prompt_logprobs_disabled"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}] * 257},
+            "messages",
+            "too_many_messages",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, PARTS_65]},
+            "messages[1].content",
+            "too_many_content_parts",
+        ),
     ],
 )
 def test_each_bound_names_the_field_that_passes_it(document, field, code):
@@ -62,6 +73,7 @@ def test_each_bound_names_the_field_that_passes_it(document, field, code):
         chat(logprobs=False, top_logprobs=99),  # not asked for: vLLM ignores the count
         chat(use_beam_search=False),
         {"prompt": "p", "logprobs": 20},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 64}] * 256},
     ],
 )
 def test_requests_within_the_bounds_pass(document):

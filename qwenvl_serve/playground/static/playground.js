@@ -1,11 +1,13 @@
 // The qwenvl-serve playground: builds an OpenAI chat-completions request from the form,
 // streams the answer over server-sent events and shows usage and timings.
-// Images are read as data: URLs and sent untouched; the server normalizes them.
+// Images and a video are read as data: URLs and sent untouched; the server normalizes
+// images and samples the video.
 "use strict";
 
 (() => {
   const KEY_STORAGE = "qwenvl-serve.api-key";
   const NORMALIZED_HEADER = "x-qwenvl-normalized-images";
+  const VIDEO_HEADER = "x-qwenvl-video";
 
   const byId = (id) => document.getElementById(id);
   const el = {
@@ -148,16 +150,35 @@
     });
   }
 
+  function measureVideo(url) {
+    return new Promise((resolve) => {
+      const video = document.createElement("video");
+      video.preload = "metadata";
+      video.onloadedmetadata = () =>
+        resolve({ width: video.videoWidth, height: video.videoHeight, seconds: video.duration });
+      video.onerror = () => resolve(null);
+      video.src = url;
+    });
+  }
+
+  const kindOf = (file) => (file.type.startsWith("video/") ? "video" : "image");
+
   async function addFiles(files) {
     clearError();
     for (const file of files) {
-      if (file.type && !file.type.startsWith("image/")) {
-        showError(`${file.name} is not an image.`);
+      if (file.type && !file.type.startsWith("image/") && !file.type.startsWith("video/")) {
+        showError(`${file.name} is neither an image nor a video.`);
+        continue;
+      }
+      const kind = kindOf(file);
+      if (kind === "video" && state.images.some((item) => item.kind === "video")) {
+        showError("One video per request: remove the other video first.");
         continue;
       }
       const dataUrl = await readAsDataUrl(file);
-      const size = await measure(dataUrl);
-      state.images.push({ id: state.nextId++, name: file.name, bytes: file.size, dataUrl, size });
+      const size = await (kind === "video" ? measureVideo(dataUrl) : measure(dataUrl));
+      const item = { id: state.nextId++, kind, name: file.name, bytes: file.size, dataUrl, size };
+      state.images.push(item);
     }
     renderImages();
     applyTemplate();
@@ -174,16 +195,19 @@
   }
 
   function sizeText(size) {
-    return size ? `${size.width}×${size.height}` : "size unknown";
+    if (!size) return "size unknown";
+    const seconds = Number.isFinite(size.seconds) ? `, ${size.seconds.toFixed(1)} s` : "";
+    return `${size.width}×${size.height}${seconds}`;
   }
 
   function renderImages() {
     el.imageList.replaceChildren(
       ...state.images.map((image) => {
         const item = document.createElement("li");
-        const thumb = document.createElement("img");
+        const thumb = document.createElement(image.kind === "video" ? "video" : "img");
         thumb.src = image.dataUrl;
-        thumb.alt = "";
+        if (image.kind === "video") thumb.muted = true;
+        else thumb.alt = "";
         const text = document.createElement("span");
         text.className = "image-name";
         text.textContent = `${image.name} · ${sizeText(image.size)} · ${formatBytes(image.bytes)}`;
@@ -199,12 +223,23 @@
     );
   }
 
+  // "192x128;frames=120;tokens=1972;...": what the server made of the video.
+  function videoText(header) {
+    if (!header) return "not reported by the server";
+    const [size, ...fields] = header.split(";");
+    const info = Object.fromEntries(fields.map((field) => field.split("=", 2)));
+    const tokens = Number(info.tokens).toLocaleString("en-US");
+    return `${info.frames} frames of ${size.replace("x", "×")}, ${tokens} tokens`;
+  }
+
   // "2048x1536,640x480": one size per image, in request order, from the server.
-  function showImageSizes(header, images) {
+  function showImageSizes(header, images, video) {
     const normalized = header ? header.split(",").map((size) => size.trim().replace("x", "×")) : [];
-    const items = images.map((image, index) => {
+    let imageIndex = 0;
+    const items = images.map((image) => {
       const item = document.createElement("li");
-      const after = normalized[index] ? normalized[index] : "not reported by the server";
+      const reported = image.kind === "video" ? videoText(video) : normalized[imageIndex++];
+      const after = reported || "not reported by the server";
       item.textContent = `${image.name}: ${sizeText(image.size)} → ${after}`;
       return item;
     });
@@ -263,10 +298,11 @@
   }
 
   function buildRequest() {
-    const content = state.images.map((image) => ({
-      type: "image_url",
-      image_url: { url: image.dataUrl },
-    }));
+    const content = state.images.map((image) =>
+      image.kind === "video"
+        ? { type: "video_url", video_url: { url: image.dataUrl } }
+        : { type: "image_url", image_url: { url: image.dataUrl } },
+    );
     const prompt = el.prompt.value.trim();
     if (prompt) content.push({ type: "text", text: prompt });
     const body = {
@@ -283,7 +319,9 @@
   }
 
   function problemWithForm() {
-    if (!state.images.length && !el.prompt.value.trim()) return [el.prompt, "Add an image or write a prompt."];
+    if (!state.images.length && !el.prompt.value.trim()) {
+      return [el.prompt, "Add an image or a video, or write a prompt."];
+    }
     if (!el.model.value.trim()) return [el.model, "Enter the model name."];
     return null;
   }
@@ -314,7 +352,11 @@
         body: JSON.stringify(body),
         signal: controller.signal,
       });
-      showImageSizes(response.headers.get(NORMALIZED_HEADER), images);
+      showImageSizes(
+        response.headers.get(NORMALIZED_HEADER),
+        images,
+        response.headers.get(VIDEO_HEADER),
+      );
       if (!response.ok) {
         showError(await serverMessage(response));
         return;
