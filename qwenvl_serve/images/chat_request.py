@@ -28,6 +28,13 @@ _EMBEDDING_TYPES = frozenset(
     {"image_embeds", "audio_embeds", "video_embeds", "prompt_embeds", "image_pil"}
 )
 _MEDIA_KEYS = ("image_url", "video_url", "audio_url", "input_audio", *sorted(_EMBEDDING_TYPES))
+# Keys by which Qwen's chat templates render a vision block for a part, whatever vLLM
+# reads the part as; a part may carry only those of its own kind.
+_TEMPLATE_KEYS = {
+    "image": frozenset({"image", "image_url"}),
+    "video": frozenset({"video", "video_url"}),
+}
+_ALL_TEMPLATE_KEYS = frozenset().union(*_TEMPLATE_KEYS.values())
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,9 @@ def find_images(
     token_at = vision_token_location(body)
     if token_at is not None:
         raise RefusalError(Reason.VISION_TOKEN, token_at)
+    forged_at = mismatched_part_location(body)
+    if forged_at is not None:
+        raise RefusalError(Reason.MISMATCHED_PART, forged_at)
     slots: list[ImageSlot] = []
     for media_part in media_parts(body) if media is None else media:
         kind, part, param = media_part.kind, media_part.part, media_part.param
@@ -123,6 +133,20 @@ def find_images(
         if not slot.url.startswith("data:") and not rules.remote_urls:
             raise RefusalError(Reason.REMOTE_URLS_DISABLED, slot.param)
     return slots
+
+
+def mismatched_part_location(body: dict[str, Any]) -> str | None:
+    """Where a part carries media keys of another kind than vLLM reads it as (a text
+    part with an ``image_url``, a video part with an ``image``): the template would
+    render a vision block vLLM has no media for."""
+    for message_index, part_index, part in _parts(body.get("messages")):
+        keys = _ALL_TEMPLATE_KEYS.intersection(part)
+        if not keys:
+            continue
+        own = _TEMPLATE_KEYS.get(media_kind(part) or "", frozenset())
+        if not keys <= own:
+            return f"messages[{message_index}].content[{part_index}]"
+    return None
 
 
 def replace_image_urls(body: dict[str, Any], slots: list[ImageSlot], urls: list[str]) -> None:

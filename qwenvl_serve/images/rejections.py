@@ -27,6 +27,12 @@ class Reason(enum.Enum):
         400,
         "The text contains a reserved vision token such as <|image_pad|>; remove it.",
     )
+    MISMATCHED_PART = (
+        "invalid_content_part",
+        400,
+        "A content part may carry media keys of its own type only (no image_url on a text "
+        "part, no image on a video part).",
+    )
     VIDEO_DISABLED = ("video_disabled", 400, "Video input is turned off on this server.")
     AUDIO_DISABLED = ("audio_disabled", 400, "Audio input is not accepted by this server.")
     EMBEDDINGS_REFUSED = (

@@ -174,7 +174,7 @@ def image_part(url: str = "data:image/jpeg;base64,AAAA") -> dict[str, object]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def request(*parts: dict[str, object], **fields: object) -> dict[str, object]:
+def request(*parts: dict[str, object] | str, **fields: object) -> dict[str, object]:
     return {"model": "m", "messages": [{"role": "user", "content": list(parts)}], **fields}
 
 
@@ -236,6 +236,41 @@ def test_untyped_and_simple_forms_count_as_images_like_vllm_reads_them():
             "messages[1]",
         ),
         (request(tools=[{"function": {"name": "<|video_pad|>"}}]), Reason.VISION_TOKEN, "tools"),
+        # The template joins adjacent text parts with nothing between them.
+        (
+            request({"type": "text", "text": "a <|vision_"}, {"type": "text", "text": "start|>"}),
+            Reason.VISION_TOKEN,
+            "messages[0]",
+        ),
+        (request("<|image", "_pad|>"), Reason.VISION_TOKEN, "messages[0]"),
+        (
+            request(
+                {"type": "text", "text": "<|video"}, {"type": "thinking", "thinking": "_pad|>"}
+            ),
+            Reason.VISION_TOKEN,
+            "messages[0]",
+        ),
+        # The template renders a vision block for these keys, whatever the part's type.
+        (
+            request({"type": "text", "text": "hi", "image_url": {"url": "data:x"}}),
+            Reason.MISMATCHED_PART,
+            "messages[0].content[0]",
+        ),
+        (
+            request({"type": "text", "text": "hi", "image": "x"}),
+            Reason.MISMATCHED_PART,
+            "messages[0].content[0]",
+        ),
+        (
+            request({"type": "text", "text": "hi", "video": "x"}),
+            Reason.MISMATCHED_PART,
+            "messages[0].content[0]",
+        ),
+        (
+            request({"type": "video_url", "video_url": {"url": "data:v"}, "image": "x"}),
+            Reason.MISMATCHED_PART,
+            "messages[0].content[0]",
+        ),
         (
             request({"type": "video_url", "video_url": {"url": "data:v"}}),
             Reason.VIDEO_DISABLED,
@@ -315,6 +350,11 @@ def test_vision_token_ids_are_the_tokenizers():
         {"prompt": [1, 2, 151656]},
         {"prompt": [[1, 2], [151654]]},
         {"prompt": "ok", "stop": ["<|vision_start|>"]},
+        # vLLM's pydantic reads token ids laxly: these are vision ids to it.
+        {"prompt": [151652.0]},
+        {"prompt": [1, "151653"]},
+        {"prompt": [[2], [151654.0, 3]]},
+        {"prompt": [[True, 151655.0]]},
     ],
 )
 def test_completion_prompts_may_not_bring_vision_tokens(body: dict[str, object]):
@@ -328,7 +368,8 @@ def test_completion_prompts_may_not_bring_vision_tokens(body: dict[str, object])
     [
         {"prompt": "Describe a cat <|im_end|>"},
         {"prompt": [1, 2, 151651, 151657]},
-        {"prompt": [[True, 151655.0]]},  # not ints: vLLM refuses these itself
+        {"prompt": ["151652", "a list of strings is text"]},
+        {"prompt": [151652.5]},  # not an id vLLM would read
         {"prompt": None},
         {},
     ],
