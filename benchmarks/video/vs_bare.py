@@ -40,7 +40,8 @@ CLIPS = {
     "2min-720p": {"seconds": 120, "width": 1280, "height": 720, "fps": 30},
     "2min-1080p": {"seconds": 120, "width": 1920, "height": 1080, "fps": 30},
 }
-LONG_CLIP = {"10min-720p": {"seconds": 600, "width": 1280, "height": 720, "fps": 30}}
+# 10 fps keeps ten minutes of 720p under the 64 MiB request cap as a data: URL.
+LONG_CLIP = {"10min-720p": {"seconds": 600, "width": 1280, "height": 720, "fps": 10}}
 WORKER_MODULE = "qwenvl_serve.video.worker"
 
 
@@ -156,42 +157,57 @@ def run(rounds: int, with_long_clip: bool) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 
-def _median(rows: list[dict[str, Any]], key: str) -> float:
-    return float(statistics.median(row[key] for row in rows))
-
-
 def report(results: dict[str, Any]) -> str:
     """The RESULTS.md block: one row per clip, ours and bare side by side."""
     rows = results["rows"]
     lines = [
         f"{results['rounds']} interleaved rounds per clip, one request at a time, medians; "
-        f"{results['cpu_count']} cores; {results['date']}.",
+        f"{results['cpu_count']} cores; {results['date']}. Growth: the API server's peak "
+        "RSS over the request minus its RSS just before it.",
         "",
-        "| clip | TTFT ours s | TTFT bare s | ratio | API RSS peak ours MB | bare MB | ratio "
-        "| worker peak MB | prompt tokens ours | bare |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| clip | TTFT ours s | bare s | ratio | API RSS peak ours MB | bare MB "
+        "| growth ours MB | bare MB | ratio | our worker peak MB | prompt tokens ours | bare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for clip in [*CLIPS, *LONG_CLIP]:
         ours = [r for r in rows if r["clip"] == clip and r["target"] == "ours"]
         bare = [r for r in rows if r["clip"] == clip and r["target"] == "bare"]
-        if not ours or not bare:
-            continue
-        if any(r["status"] != 200 for r in bare):
-            error = next(r["error"] for r in bare if r["status"] != 200)
-            lines.append(f"| {clip} | {_median(ours, 'ttft_s'):.2f} | HTTP {bare[0]['status']}: "
-                         f"{error} | | {_median(ours, 'api_peak_mb'):.0f} | | | "
-                         f"{_median(ours, 'worker_peak_mb'):.0f} | "
-                         f"{ours[0]['prompt_tokens']} | |")  # fmt: skip
-            continue
-        ttft = (_median(ours, "ttft_s"), _median(bare, "ttft_s"))
-        rss = (_median(ours, "api_peak_mb"), _median(bare, "api_peak_mb"))
-        lines.append(
-            f"| {clip} | {ttft[0]:.2f} | {ttft[1]:.2f} | {ttft[0] / ttft[1]:.2f}× "
-            f"| {rss[0]:.0f} | {rss[1]:.0f} | {rss[0] / rss[1]:.2f}× "
-            f"| {_median(ours, 'worker_peak_mb'):.0f} "
-            f"| {ours[0]['prompt_tokens']} | {bare[0]['prompt_tokens']} |"
-        )
+        if ours and bare:
+            lines.append(_row(clip, ours, bare))
     return "\n".join(lines)
+
+
+def _row(clip: str, ours: list[dict[str, Any]], bare: list[dict[str, Any]]) -> str:
+    cells = [clip]
+    for key, digits in (("ttft_s", 2), ("api_peak_mb", 0), ("growth_mb", 0)):
+        for side in (ours, bare):
+            cells.append(_cell(side, key, digits))
+        if key != "api_peak_mb":
+            mine, theirs = _value(ours, key), _value(bare, key)
+            ratio = mine / theirs if mine is not None and theirs else None
+            cells.append(f"{ratio:.2f}×" if ratio is not None else "")
+    cells.append(_cell(ours, "worker_peak_mb", 0))
+    cells += [_cell(ours, "prompt_tokens", 0), _cell(bare, "prompt_tokens", 0)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _value(rows: list[dict[str, Any]], key: str) -> float | None:
+    if any(row["status"] != 200 for row in rows):
+        return None
+    if key == "growth_mb":
+        return float(statistics.median(r["api_peak_mb"] - r["api_baseline_mb"] for r in rows))
+    return float(statistics.median(row[key] for row in rows))
+
+
+def _cell(rows: list[dict[str, Any]], key: str, digits: int) -> str:
+    failed = next((row for row in rows if row["status"] != 200), None)
+    if failed is not None and key in ("ttft_s", "prompt_tokens"):
+        message = json.loads(failed["error"] or "{}").get("error", {}).get("message", "")
+        return f"HTTP {failed['status']}: {message}" if key == "ttft_s" else ""
+    if key in ("api_peak_mb", "worker_peak_mb"):
+        return f"{statistics.median(row[key] for row in rows):,.{digits}f}"
+    value = _value(rows, key)
+    return "" if value is None else f"{value:,.{digits}f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,7 +78,7 @@ def cost_of(document: dict[str, Any], chat: bool) -> Cost:
     model = document.get("model")
     prompt_logprobs = _optional_count(document.get("prompt_logprobs"))
     prompt_logprobs_field = "prompt_logprobs"
-    if prompt_logprobs is None and _flag(document.get("echo")):
+    if prompt_logprobs is None and lax_flag(document.get("echo")):
         prompt_logprobs, prompt_logprobs_field = _echoed_logprobs(document, chat), "echo"
     token_ids = document.get("logprob_token_ids")
     return Cost(
@@ -86,10 +86,10 @@ def cost_of(document: dict[str, Any], chat: bool) -> Cost:
         max_tokens=_count(value),
         max_tokens_field=field if given else None,
         n=max(1, _count(document.get("n")) or 1),
-        stream=_flag(document.get("stream")),
-        usage_requested=_flag(options.get("include_usage")),
-        continuous_usage_requested=_flag(options.get("continuous_usage_stats")),
-        beam_search=_flag(document.get("use_beam_search")),
+        stream=lax_flag(document.get("stream")),
+        usage_requested=lax_flag(options.get("include_usage")),
+        continuous_usage_requested=lax_flag(options.get("continuous_usage_stats")),
+        beam_search=lax_flag(document.get("use_beam_search")),
         logprobs=_sample_logprobs(document, chat),
         prompt_logprobs=prompt_logprobs,
         prompt_logprobs_field=prompt_logprobs_field,
@@ -115,7 +115,7 @@ def _shape(messages: object) -> dict[str, int]:
 
 def _sample_logprobs(document: dict[str, Any], chat: bool) -> int | None:
     if chat:  # a flag, and the number in top_logprobs
-        if not _flag(document.get("logprobs")):
+        if not lax_flag(document.get("logprobs")):
             return None
         return _lax(_COUNT, document.get("top_logprobs"), 0)
     return _optional_count(document.get("logprobs"))
@@ -143,7 +143,8 @@ def _lax(adapter: TypeAdapter[_T], value: object, default: _T) -> _T:
         return default
 
 
-def _flag(value: object) -> bool:
+def lax_flag(value: object) -> bool:
+    """A boolean field read as vLLM's pydantic reads it ("true", 1 and "yes" are true)."""
     if value is None or value is False or value is True:  # the usual spellings, no pydantic
         return bool(value)
     return _lax(_FLAG, value, False)

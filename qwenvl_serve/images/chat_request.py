@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from qwenvl_serve.core.cost import lax_flag
 from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.images.reserved_tokens import vision_token_location
 
@@ -113,8 +114,12 @@ def find_images(
     forged_at = mismatched_part_location(body)
     if forged_at is not None:
         raise RefusalError(Reason.MISMATCHED_PART, forged_at)
+    media = media_parts(body) if media is None else media
+    unservable = unservable_with_media(body, media)
+    if unservable is not None:
+        raise RefusalError(*unservable)
     slots: list[ImageSlot] = []
-    for media_part in media_parts(body) if media is None else media:
+    for media_part in media:
         kind, part, param = media_part.kind, media_part.part, media_part.param
         message_index, part_index = media_part.message_index, media_part.part_index
         if "uuid" in part:
@@ -133,6 +138,29 @@ def find_images(
         if not slot.url.startswith("data:") and not rules.remote_urls:
             raise RefusalError(Reason.REMOTE_URLS_DISABLED, slot.param)
     return slots
+
+
+def unservable_with_media(
+    body: dict[str, Any], media: list[MediaPart]
+) -> tuple[Reason, str] | None:
+    """A field vLLM cannot combine with the request's media, and where.
+
+    Truncating the prompt cuts through vision tokens, and continuing a final message
+    that holds media renders it without its vision block: vLLM then fails the request
+    with an internal error and leaves its multimodal cache inconsistent for the next
+    request with the same media, from any client.
+    """
+    if not media:
+        return None
+    if body.get("truncate_prompt_tokens") is not None:
+        return Reason.MEDIA_WITH_TRUNCATION, "truncate_prompt_tokens"
+    messages = body.get("messages")
+    last = len(messages) - 1 if isinstance(messages, list) else -1
+    if lax_flag(body.get("continue_final_message")) and any(
+        part.message_index == last for part in media
+    ):
+        return Reason.MEDIA_IN_CONTINUED_MESSAGE, "continue_final_message"
+    return None
 
 
 def mismatched_part_location(body: dict[str, Any]) -> str | None:

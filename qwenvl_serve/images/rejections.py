@@ -33,6 +33,17 @@ class Reason(enum.Enum):
         "A content part may carry media keys of its own type only (no image_url on a text "
         "part, no image on a video part).",
     )
+    MEDIA_WITH_TRUNCATION = (
+        "media_with_truncation",
+        400,
+        "`truncate_prompt_tokens` cannot be used with images or video: it would cut "
+        "through their vision tokens.",
+    )
+    MEDIA_IN_CONTINUED_MESSAGE = (
+        "media_in_continued_message",
+        400,
+        "`continue_final_message` cannot continue a message that holds an image or video.",
+    )
     VIDEO_DISABLED = ("video_disabled", 400, "Video input is turned off on this server.")
     AUDIO_DISABLED = ("audio_disabled", 400, "Audio input is not accepted by this server.")
     EMBEDDINGS_REFUSED = (

@@ -13,13 +13,14 @@ from qwenvl_serve.playground.config import PlaygroundConfig
 PREFIX = "/playground"
 PAGE = "index.html"
 
-# The page loads nothing from elsewhere and talks only to this server; images are
-# previewed from data: URLs.
+# The page loads nothing from elsewhere and talks only to this server; images and
+# videos are previewed from data: URLs.
 SECURITY_HEADERS = (
     (
         "content-security-policy",
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+        "media-src data:; connect-src 'self'; form-action 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'",
     ),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),

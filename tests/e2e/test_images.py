@@ -142,6 +142,31 @@ def test_vision_token_ids_spelled_laxly_are_refused(tiny_server: RunningServer, 
     assert response.json()["error"]["code"] == "reserved_token"
 
 
+def test_fields_vllm_cannot_serve_with_media_are_refused_and_poison_nothing(
+    tiny_server: RunningServer,
+):
+    jpeg = synthetic_jpeg(320, 256, seed=41)
+    truncated = {**chat_body(image_message(jpeg)), "truncate_prompt_tokens": 8}
+    response = post_chat(tiny_server, truncated)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "truncate_prompt_tokens"
+    continued = {
+        "model": MODEL,
+        "max_tokens": 4,
+        "messages": [
+            {"role": "user", "content": "Go on."},
+            {"role": "assistant", "content": image_message(jpeg)[0]["content"]},
+        ],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }
+    response = post_chat(tiny_server, continued)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "continue_final_message"
+    # The same image, from the next client, is served.
+    assert post_chat(tiny_server, chat_body(image_message(jpeg))).status_code == 200
+
+
 def test_per_request_processor_overrides_are_refused(tiny_server: RunningServer):
     body = {
         **chat_body(image_message(synthetic_jpeg(640, 480, seed=36))),

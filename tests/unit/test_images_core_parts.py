@@ -236,6 +236,28 @@ def test_untyped_and_simple_forms_count_as_images_like_vllm_reads_them():
             "messages[1]",
         ),
         (request(tools=[{"function": {"name": "<|video_pad|>"}}]), Reason.VISION_TOKEN, "tools"),
+        (
+            request(image_part(), truncate_prompt_tokens=10),
+            Reason.MEDIA_WITH_TRUNCATION,
+            "truncate_prompt_tokens",
+        ),
+        (
+            request(image_part(), truncate_prompt_tokens=-1),
+            Reason.MEDIA_WITH_TRUNCATION,
+            "truncate_prompt_tokens",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Go on."},
+                    {"role": "assistant", "content": [image_part()]},
+                ],
+                "continue_final_message": "true",
+                "add_generation_prompt": False,
+            },
+            Reason.MEDIA_IN_CONTINUED_MESSAGE,
+            "continue_final_message",
+        ),
         # The template joins adjacent text parts with nothing between them.
         (
             request({"type": "text", "text": "a <|vision_"}, {"type": "text", "text": "start|>"}),
@@ -318,6 +340,21 @@ def test_allowed_fields_and_enabled_kinds_pass():
         chat_template_kwargs={"enable_thinking": False},
     )
     assert find_images(body, rules) == []
+
+
+def test_truncation_and_continuation_without_media_in_play_pass():
+    assert (
+        find_images(request({"type": "text", "text": "hi"}, truncate_prompt_tokens=5), RULES) == []
+    )
+    body = {
+        "messages": [
+            {"role": "user", "content": [image_part()]},
+            {"role": "assistant", "content": "It shows"},
+        ],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }
+    assert len(find_images(body, RULES)) == 1
 
 
 def test_remote_urls_can_be_switched_off():
