@@ -11,8 +11,9 @@ others), and torchcodec.
 
 Every measurement runs in a fresh subprocess (``--child``), so candidates share no heap:
 wall and CPU time of the job (CPU of the process plus its children, for the CLI), the
-import time and peak RSS of the process (``ru_maxrss``, and the CLI's child added),
-and VmPeak (the address space the worker's ``RLIMIT_AS`` bounds). Candidates run
+import time, peak RSS of the process (VmHWM, which is ``ru_maxrss`` without the
+parent's high-water mark a vfork-started child inherits; the CLI's own added) and
+VmPeak (the address space the worker's ``RLIMIT_AS`` bounds). Candidates run
 interleaved round by round, in an order rotated each round, with PyAV sequential
 measured twice (the A/A row) to show the noise.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import io
 import itertools
@@ -47,6 +49,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -396,7 +399,7 @@ def _ffmpeg_frames(data: bytes, video_filter: str, count: int) -> list[Frame]:
             "-i", file.name, "-vf", video_filter, "-frames:v", str(count),
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
         ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, check=False)
+        done = _run_watched(command)
     if done.returncode != 0:
         message = done.stderr.decode(errors="replace").strip().splitlines()
         raise FFmpegExitError(done.returncode, message[-1] if message else "")
@@ -404,6 +407,36 @@ def _ffmpeg_frames(data: bytes, video_filter: str, count: int) -> list[Frame]:
     raw = np.frombuffer(done.stdout, dtype=np.uint8)
     whole = len(raw) // size
     return [raw[i * size : (i + 1) * size].reshape(OUT_H, OUT_W, 3) for i in range(whole)]
+
+
+# VmHWM (peak RSS) and VmPeak of each ffmpeg CLI run in this process, in MB. Read from
+# /proc while it runs: its ru_maxrss would count the parent's pages (vfork, then exec).
+CLI_PEAKS: list[dict[str, float]] = []
+
+
+def _run_watched(command: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run ``command``, collecting its output and, by polling /proc, its memory peaks."""
+    peaks = {"VmHWM": 0.0, "VmPeak": 0.0}
+    stop = threading.Event()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        status = Path(f"/proc/{process.pid}/status")
+
+        def watch() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    for line in status.read_text().splitlines():
+                        key = line.split(":")[0]
+                        if key in peaks:
+                            peaks[key] = max(peaks[key], int(line.split()[1]) / 1024)
+                stop.wait(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        stdout, stderr = process.communicate()
+        stop.set()
+        watcher.join()
+    CLI_PEAKS.append(peaks)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 class FFmpegExitError(Exception):
@@ -459,7 +492,6 @@ class Candidate:
     decode: DecodeFn
     modules: tuple[str, ...]
     note: str
-    cli: bool = False  # runs the ffmpeg CLI as a child process
 
 
 CANDIDATES: dict[str, Candidate] = {
@@ -467,8 +499,8 @@ CANDIDATES: dict[str, Candidate] = {
     "pyav-seek": Candidate(pyav_seek, ("av",), "PyAV 18, seek per target"),
     "opencv": Candidate(opencv_vllm, ("cv2",), "OpenCV, vLLM's sampling, temp file"),
     "opencv-stream": Candidate(opencv_stream, ("cv2",), "OpenCV, vLLM 0.32's BytesIO"),
-    "ffmpeg-fps": Candidate(ffmpeg_fps, (), "ffmpeg CLI, -vf fps=2,scale", cli=True),
-    "ffmpeg-select": Candidate(ffmpeg_select, (), "ffmpeg CLI, -vf select,scale", cli=True),
+    "ffmpeg-fps": Candidate(ffmpeg_fps, (), "ffmpeg CLI, -vf fps=2,scale"),
+    "ffmpeg-select": Candidate(ffmpeg_select, (), "ffmpeg CLI, -vf select,scale"),
     "torchcodec": Candidate(
         torchcodec_played_at,
         ("torch", "torchcodec.decoders", "torchcodec.transforms"),
@@ -482,10 +514,14 @@ AA_LABEL = "pyav-seq (A/A)"
 # --- One measurement (the child process) ---------------------------------------------
 
 
-def _vm_peak_mb() -> float | None:
+def _proc_status_mb(key: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (VmHWM, VmPeak), in MB.
+
+    VmHWM rather than ``ru_maxrss``: a child that Python starts with vfork and exec
+    inherits its parent's high-water mark in ``ru_maxrss``, VmHWM starts afresh."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmPeak:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
     return None
 
@@ -529,6 +565,14 @@ def analyse(frames: Sequence[Frame], times: Sequence[float | None], duration: fl
     }
 
 
+def _kind(exc: BaseException) -> str:
+    """An exception's type, with its module unless a builtin (``cv2.error``)."""
+    kind = type(exc)
+    if kind.__module__ in ("builtins", "__main__"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def child_main(name: str, clip: Path, duration: float, memory_mib: int | None) -> None:
     """Measure one candidate on one clip in this (fresh) process; print a JSON line."""
     if memory_mib:
@@ -541,13 +585,13 @@ def child_main(name: str, clip: Path, duration: float, memory_mib: int | None) -
         for module in candidate.modules:
             importlib.import_module(module)
     except Exception as exc:
-        record["error"] = f"import: {type(exc).__name__}: {exc}"[:300]
+        record["error"] = f"import: {_kind(exc)}: {exc}"[:300]
         print(json.dumps(record), flush=True)
         return
     record["import_s"] = time.perf_counter() - started
     data = clip.read_bytes()
     targets = sample_times(duration)
-    record["rss_base_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["rss_base_mb"] = _proc_status_mb("VmHWM")
     own, children = (
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
@@ -558,18 +602,21 @@ def child_main(name: str, clip: Path, duration: float, memory_mib: int | None) -
     try:
         frames, times = candidate.decode(data, targets)
     except Exception as exc:
-        record["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        record["error"] = f"{_kind(exc)}: {exc}"[:300]
     record["wall_s"] = time.perf_counter() - started
     own_after = resource.getrusage(resource.RUSAGE_SELF)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     record["cpu_s"] = _cpu(own_after) - _cpu(own) + _cpu(children_after) - _cpu(children)
-    record["rss_self_mb"] = own_after.ru_maxrss / 1024
-    record["rss_child_mb"] = children_after.ru_maxrss / 1024
-    # The CLI's child lives while the parent holds its output: count both. (Other
-    # candidates' children are helpers run at import, e.g. torchcodec's ``ldconfig -p``,
-    # whose ru_maxrss counts the pages it shares with the parent it forked from.)
-    record["rss_mb"] = record["rss_self_mb"] + (record["rss_child_mb"] if candidate.cli else 0)
-    record["vm_peak_mb"] = _vm_peak_mb()
+    record["cpu_child_s"] = _cpu(children_after) - _cpu(children)
+    record["rss_self_mb"] = _proc_status_mb("VmHWM") or 0.0
+    # ru_maxrss of children is no use either: a child started by vfork counts its
+    # parent's pages (torchcodec runs ``ldconfig -p`` at import, for one). The CLI's
+    # peaks come from /proc; it lives while the parent holds its output, so both count.
+    cli_rss = max((p["VmHWM"] for p in CLI_PEAKS), default=0.0)
+    record["cli_rss_mb"] = cli_rss
+    record["cli_vm_peak_mb"] = max((p["VmPeak"] for p in CLI_PEAKS), default=0.0)
+    record["rss_mb"] = record["rss_self_mb"] + cli_rss
+    record["vm_peak_mb"] = _proc_status_mb("VmPeak")
     record.update(analyse(frames, times, duration))
     print(json.dumps(record), flush=True)
 
@@ -627,7 +674,7 @@ def timing_rounds(
 
 def _brief(record: dict[str, Any]) -> str:
     if "wall_s" not in record:
-        return str(record.get("outcome"))
+        return str(record.get("outcome") or _tidy(record.get("error", "")))
     error = f"  ERROR {record['error']}" if record.get("error") else ""
     return (
         f"wall {record['wall_s']:.2f} s cpu {record['cpu_s']:.2f} s "
@@ -649,27 +696,27 @@ def failure_cases(clip: Path, duration: float, names: Sequence[str]) -> list[dic
 
 def _tidy(message: str) -> str:
     """An error message without build paths and temporary file names."""
+    message = " ".join(message.split())
     message = re.sub(r"/__w/\S+?\.cpp:\d+, ", "", message)
+    message = re.sub(r"/io/opencv/\S+?\.cpp:\d+: ", "", message)
     return re.sub(r"/\S*/tmp\w+\.mp4", "<tmpfile>", message)
 
 
 def describe_failure(record: dict[str, Any]) -> str:
     """How a run on a broken input ended, in words."""
-    if "outcome" in record:
-        return str(record["outcome"])
+    if "wall_s" not in record:
+        return _brief(record)
     frames, expected = record["frames"], record["expected"]
     bad = record["garbage"] + record["unreadable"]
-    good = frames - bad
     wall = f"{record['wall_s']:.2f} s"
     if record.get("error"):
-        got = f"; {frames} frames first" if frames else ""
-        return f"raises {_tidy(record['error'])} ({wall}{got})"
+        return f"raises {_tidy(record['error'])} (after {wall})"
     if frames == 0:
-        return f"no error, 0 frames ({wall})"
+        return f"no error, 0 frames (after {wall})"
     verdict = f"{bad} garbage" if bad else "all genuine"
     seek = record["seek_max_ms"]
-    far = f", max seek err {seek:.0f} ms" if seek is not None else ""
-    return f"no error, {frames}/{expected} frames ({verdict}{far}), {wall}; {good} genuine"
+    far = f", seek err ≤ {seek:.0f} ms" if seek is not None else ""
+    return f"no error, {frames}/{expected} frames, {verdict}{far} ({wall})"
 
 
 def limit_runs(spec: ClipSpec, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -688,6 +735,7 @@ def codec_support(names: Sequence[str]) -> dict[str, Any]:
     clip of each codec (encoded by PyAV's bundled encoders) put through each candidate."""
     import av
 
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1's banner: errors only
     wanted = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
     available = av.codecs_available
     table: dict[str, Any] = {
@@ -729,12 +777,13 @@ def _is_decoder_for(av: Any, name: str, codec: str) -> bool:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the libraries and tools measured."""
+    """Versions of the libraries and tools measured (from their metadata: importing
+    torch here would make this process, and so the children's counters, large)."""
     found: dict[str, str] = {"python": platform.python_version()}
-    for module in ("av", "cv2", "torch", "torchcodec"):
-        with contextlib.suppress(ImportError):
-            found[module] = str(importlib.import_module(module).__version__)
-    with contextlib.suppress(OSError):
+    for package in ("av", "opencv-python-headless", "numpy", "torch", "torchcodec"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[package] = importlib.metadata.version(package)
+    with contextlib.suppress(OSError, IndexError):
         line = subprocess.run(
             ["ffmpeg", "-version"], capture_output=True, text=True, check=False
         ).stdout.splitlines()[0]
@@ -750,39 +799,38 @@ def _median(values: Sequence[float]) -> float:
 
 
 def timing_tables(records: Sequence[dict[str, Any]], specs: Sequence[ClipSpec]) -> str:
-    """One markdown table per clip: medians, per-round ratios to the baseline (median
-    and range), and what the frames were."""
+    """One markdown table per clip: medians over the rounds, each with its ratio to the
+    baseline of the same round (median, and range over the rounds), and what the frames
+    were."""
     out = []
     for spec in specs:
         rows = [r for r in records if r["clip"] == spec.name and "wall_s" in r]
         base = {r["round"]: r for r in rows if r["label"] == BASELINE}
-        out.append(
-            f"### {spec.name} ({spec.width}x{spec.height}, {spec.seconds} s, "
-            f"{spec.path.stat().st_size / 1e6:.1f} MB, {spec.seconds * SAMPLE_FPS} frames)\n"
-        )
-        out.append(
+        size = spec.path.stat().st_size / 1e6
+        out += [
+            f"### {spec.name}: {spec.width}x{spec.height}, {spec.seconds} s, {size:.1f} MB, "
+            f"{spec.seconds * SAMPLE_FPS} frames sampled\n",
             "| decoder | wall s | wall ×seq | CPU s | CPU ×seq | peak RSS MB | RSS ×seq "
-            "| RSS after import MB | VmPeak MB | import s | frames | seek err mean / max ms "
-            "| max MAD |"
-        )
-        out.append("|" + "---|" * 13)
-        labels = list(dict.fromkeys(r["label"] for r in rows))
-        labels.sort(key=lambda label: (label != BASELINE, label == AA_LABEL, label))
+            "| RSS after import MB | VmPeak MB | import s | frames | frame for 0.25 s "
+            "| seek err mean / max ms | max MAD |",
+            "|" + "---|" * 14,
+        ]
+        order = [BASELINE, AA_LABEL, *CANDIDATES]
+        labels = sorted({r["label"] for r in rows}, key=order.index)
         for label in labels:
             mine = [r for r in rows if r["label"] == label]
             cells = [f"`{label}`"]
-            for key in ("wall_s", "cpu_s", "rss_mb"):
-                cells.append(f"{_median([r[key] for r in mine]):.2f}")
+            for key, digits in (("wall_s", 2), ("cpu_s", 2), ("rss_mb", 0)):
+                cells.append(f"{_median([r[key] for r in mine]):.{digits}f}")
                 ratios = [r[key] / base[r["round"]][key] for r in mine if r["round"] in base]
                 cells.append(_ratio_cell(ratios))
-            cells[5] = f"{_median([r['rss_mb'] for r in mine]):.0f}"
             cells.append(f"{_median([r['rss_base_mb'] for r in mine]):.0f}")
-            peaks = [r["vm_peak_mb"] for r in mine if r.get("vm_peak_mb")]
-            vm = f"{_median(peaks):.0f}" if peaks else "n/a"
-            cells.append(vm + (" (+ffmpeg)" if r_is_cli(label) else ""))
+            cells.append(_vm_cell(mine))
             cells.append(f"{_median([r['import_s'] for r in mine]):.2f}")
             last = mine[-1]
             cells.append(f"{last['frames']}/{last['expected']}")
+            first = last["first_indices"][0] if last["first_indices"] else None
+            cells.append("n/a" if first is None else f"#{first} ({1000 * first / FPS:.0f} ms)")
             if last["seek_mean_ms"] is None:
                 cells.append("n/a")
             else:
@@ -795,9 +843,11 @@ def timing_tables(records: Sequence[dict[str, Any]], specs: Sequence[ClipSpec]) 
     return "\n".join(out)
 
 
-def r_is_cli(label: str) -> bool:
-    """Whether the candidate runs the ffmpeg CLI as a child process."""
-    return label.startswith("ffmpeg")
+def _vm_cell(records: Sequence[dict[str, Any]]) -> str:
+    peaks = [r["vm_peak_mb"] for r in records if r.get("vm_peak_mb")]
+    cell = f"{_median(peaks):.0f}" if peaks else "n/a"
+    cli = [r["cli_vm_peak_mb"] for r in records if r.get("cli_vm_peak_mb")]
+    return f"{cell} + ffmpeg {_median(cli):.0f}" if cli else cell
 
 
 def _ratio_cell(ratios: Sequence[float]) -> str:
@@ -829,10 +879,10 @@ def limit_table(records: Sequence[dict[str, Any]]) -> str:
     ]
     for r in records:
         if "wall_s" not in r:
-            out.append(f"| `{r['candidate']}` | {r['outcome']} | | | | |")
+            out.append(f"| `{r['candidate']}` | {_brief(r)} | | | | |")
             continue
-        result = f"raises {r['error']}" if r.get("error") else f"ok, {r['frames']} frames"
-        vm = f"{r['vm_peak_mb']:.0f}" if r.get("vm_peak_mb") else "n/a"
+        result = f"raises {_tidy(r['error'])}" if r.get("error") else f"ok, {r['frames']} frames"
+        vm = _vm_cell([r])
         out.append(
             f"| `{r['candidate']}` | {result} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
             f"| {r['rss_mb']:.0f} | {vm} |"
@@ -869,14 +919,38 @@ def available_candidates() -> list[str]:
     return names
 
 
+def render(results: dict[str, Any]) -> str:
+    """The markdown tables of whichever parts ``results`` holds."""
+    report = []
+    if results.get("timing"):
+        clips = {r["clip"] for r in results["timing"]}
+        specs = [c for c in CLIPS if c.name in clips]
+        report += ["## Timing\n", timing_tables(results["timing"], specs)]
+    if results.get("failures"):
+        names = list(dict.fromkeys(r["candidate"] for r in results["failures"]))
+        report += ["## Failures\n", failure_table(results["failures"], names), ""]
+    if results.get("limits"):
+        clip = results["limits"][0].get("clip", "")
+        report += [f"## RLIMIT_AS {WORKER_MEMORY_MIB} MiB, {clip}\n"]
+        report += [limit_table(results["limits"]), ""]
+    if results.get("codecs"):
+        names = list(next(iter(results["codecs"]["clips"].values())))
+        report += ["## Codecs\n", codec_table(results["codecs"], names), ""]
+    return "\n".join(report)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Generate the clips, run every part, print the markdown and save the records."""
+    """Generate the clips, run the parts asked for, save the records, print markdown."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clips", nargs="*", default=[c.name for c in CLIPS])
-    parser.add_argument("--candidates", nargs="*", default=None)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["failures", "limits", "codecs"])
+    parser.add_argument("--candidates", nargs="*", default=None, choices=list(CANDIDATES))
+    parts = ["timing", "failures", "limits", "codecs"]
+    parser.add_argument("--skip", nargs="*", default=[], choices=parts)
     parser.add_argument("--json", type=Path, default=CLIP_DIR / "results.json")
+    parser.add_argument(
+        "--report", nargs="+", type=Path, help="only print the tables of saved records"
+    )
     parser.add_argument("--child", nargs=3, metavar=("NAME", "CLIP", "DURATION"))
     parser.add_argument("--memory-mib", type=int, default=None)
     args = parser.parse_args(argv)
@@ -884,34 +958,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         name, clip, duration = args.child
         child_main(name, Path(clip), float(duration), args.memory_mib)
         return 0
+    if args.report:
+        merged: dict[str, Any] = {}
+        for path in args.report:
+            merged.update(json.loads(path.read_text()))
+        print(render(merged))
+        return 0
 
     started = time.perf_counter()
     names = args.candidates or available_candidates()
     specs = [c for c in CLIPS if c.name in args.clips]
-    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; {versions()}")
+    results: dict[str, Any] = {"versions": versions(), "cpus": os.cpu_count()}
+    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; {results['versions']}")
     for spec in specs:
         ensure_clip(spec)
-    results: dict[str, Any] = {"versions": versions(), "cpus": os.cpu_count()}
-    print("timing rounds")
-    results["timing"] = timing_rounds(specs, names, args.rounds)
-    report = ["## Timing\n", timing_tables(results["timing"], specs)]
+    if "timing" not in args.skip:
+        print("timing rounds")
+        results["timing"] = timing_rounds(specs, names, args.rounds)
     if "failures" not in args.skip:
         print("failure cases")
-        first = ensure_clip(CLIPS[0])
-        results["failures"] = failure_cases(first, CLIPS[0].seconds, names)
-        report += ["## Failures\n", failure_table(results["failures"], names), ""]
+        results["failures"] = failure_cases(ensure_clip(CLIPS[0]), CLIPS[0].seconds, names)
     if "limits" not in args.skip:
-        print("address-space limit")
+        print(f"address-space limit, {specs[-1].name}")
         results["limits"] = limit_runs(specs[-1], names)
-        report += [f"## RLIMIT_AS {WORKER_MEMORY_MIB} MiB\n", limit_table(results["limits"]), ""]
     if "codecs" not in args.skip:
         print("codecs")
         results["codecs"] = codec_support(names)
-        report += ["## Codecs\n", codec_table(results["codecs"], names), ""]
     results["total_s"] = time.perf_counter() - started
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
-    print("\n".join(report))
+    print(render(results))
     print(f"total {results['total_s']:.0f} s; records in {args.json}")
     return 0
 
