@@ -104,6 +104,17 @@ def is_event_stream(message: Message) -> bool:
     return False
 
 
+def with_header(send: Send, name: bytes, value: bytes) -> Send:
+    """``send`` that adds the header ``name: value`` to the response start."""
+
+    async def send_with_header(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (name, value)]}
+        await send(message)
+
+    return send_with_header
+
+
 def reading_engine_responses(send: Send) -> Send:
     """``send`` for vLLM's app: annotates its response messages with what they carry.
 

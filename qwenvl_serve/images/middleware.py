@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 
 import pyvips
 from prometheus_client import CollectorRegistry
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import send_error
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.core.responses import with_header
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.images.chat_request import (
     ImageSlot,
@@ -237,11 +238,4 @@ def _with_sizes(send: Send, sizes: list[tuple[int, int]]) -> Send:
     if not sizes:
         return send
     value = ",".join(f"{width}x{height}" for width, height in sizes).encode()
-
-    async def send_with_sizes(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [*message.get("headers", []), (NORMALIZED_SIZES_HEADER, value)]
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return send_with_sizes
+    return with_header(send, NORMALIZED_SIZES_HEADER, value)

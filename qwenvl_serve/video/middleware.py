@@ -16,10 +16,11 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import send_error
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.core.responses import with_header
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.images.chat_request import MediaPart
 from qwenvl_serve.images.data_url import check_payload_length, decode_payload, parse_data_url
@@ -88,7 +89,7 @@ class VideoMiddleware:
             self.metrics.videos.labels(outcome=rejected.reason.code).inc()
             await send_error(scope, send, rejected.api_error())
             return
-        await self.app(scope, receive, _with_description(send, decoded))
+        await self.app(scope, receive, with_header(send, VIDEO_HEADER, describe(decoded).encode()))
 
     async def _sample(self, request: InferenceRequest, videos: list[MediaPart]) -> DecodedVideo:
         if len(videos) > self.max_videos:
@@ -147,16 +148,3 @@ def _video_url(part: dict[str, Any]) -> str:
     if not isinstance(value, str) or not value:
         raise RefusalError(Reason.BAD_VIDEO_PART)
     return value
-
-
-def _with_description(send: Send, video: DecodedVideo) -> Send:
-    """``send`` that tells the client what the video became."""
-    value = describe(video).encode()
-
-    async def send_described(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [*message.get("headers", []), (VIDEO_HEADER, value)]
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return send_described
