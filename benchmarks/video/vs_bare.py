@@ -3,9 +3,11 @@
 Both servers run the tiny config's engine (bare vLLM with our engine arguments minus
 the middleware: the same video limit and processor budget, vLLM's own OpenCV decoder).
 Clips (H.264, 30 fps, made with PyAV) go as ``data:`` URLs, one streamed request at a
-time, servers interleaved per clip and round. Per request: time to the first streamed
-chunk (TTFT), the peak RSS of vLLM's API-server process over the request (sampled
-every 10 ms) and of our decoder worker, and the prompt tokens vLLM reports.
+time, servers interleaved per clip and round, every request with bytes of its own (so
+neither server's multimodal cache answers from an earlier decode). Per request: time
+to the first streamed chunk (TTFT), the peak RSS of vLLM's API-server process over the
+request (sampled every 10 ms) and of our decoder worker, and the prompt tokens vLLM
+reports.
 
     .venv/bin/python -m benchmarks.video.vs_bare --rounds 2
     .venv/bin/python -m benchmarks.video.vs_bare --report
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import statistics
+import struct
 import sys
 import tempfile
 import threading
@@ -80,6 +84,15 @@ def api_server_pid(root_pid: int) -> int:
     return root_pid
 
 
+def unique_url(clip: bytes, serial: int) -> str:
+    """The clip as a data: URL, with bytes no earlier request had: the ftyp box's minor
+    version (which no decoder reads) carries ``serial``, so neither server's multimodal
+    cache can answer from an earlier request's decode."""
+    data = bytearray(clip)
+    data[12:16] = struct.pack(">I", serial)
+    return "data:video/mp4;base64," + base64.b64encode(bytes(data)).decode()
+
+
 def one_request(base_url: str, api_pid: int, url: str) -> dict[str, Any]:
     body = {
         "model": "qwen3-vl-tiny", "max_tokens": 1, "stream": True,
@@ -89,6 +102,7 @@ def one_request(base_url: str, api_pid: int, url: str) -> dict[str, Any]:
             {"type": "text", "text": "What happens in this video?"},
         ]}],
     }  # fmt: skip
+    payload = json.dumps(body).encode()  # serialized before the clock starts
     peak = Peak(api_pid)
     baseline = psutil.Process(api_pid).memory_info().rss / 2**20
     watcher = threading.Thread(target=peak.watch, daemon=True)
@@ -98,7 +112,9 @@ def one_request(base_url: str, api_pid: int, url: str) -> dict[str, Any]:
     usage: dict[str, Any] = {}
     status = 0
     text = ""
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=900) as r:
+    url_ = f"{base_url}/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+    with httpx.stream("POST", url_, content=payload, headers=headers, timeout=900) as r:
         status = r.status_code
         for line in r.iter_lines():
             if not line.startswith("data: "):
@@ -106,9 +122,9 @@ def one_request(base_url: str, api_pid: int, url: str) -> dict[str, Any]:
                 continue
             if ttft is None:
                 ttft = time.perf_counter() - started
-            payload = line[6:]
-            if payload != "[DONE]":
-                usage = json.loads(payload).get("usage") or usage
+            event = line[6:]
+            if event != "[DONE]":
+                usage = json.loads(event).get("usage") or usage
     peak.running = False
     watcher.join()
     return {
@@ -121,11 +137,8 @@ def one_request(base_url: str, api_pid: int, url: str) -> dict[str, Any]:
 def run(rounds: int, with_long_clip: bool) -> dict[str, Any]:
     CLIP_DIR.mkdir(exist_ok=True)
     clips = {**CLIPS, **(LONG_CLIP if with_long_clip else {})}
-    urls = {
-        name: "data:video/mp4;base64,"
-        + base64.b64encode(cached_clip(CLIP_DIR, f"{name}.mp4", **spec)).decode()
-        for name, spec in clips.items()
-    }
+    data = {name: cached_clip(CLIP_DIR, f"{name}.mp4", **spec) for name, spec in clips.items()}
+    serials = itertools.count(1)
     logs = Path(tempfile.mkdtemp(prefix="video-bench-"))
     ours_port, bare_port = free_port(), free_port()
     servers = {
@@ -137,17 +150,19 @@ def run(rounds: int, with_long_clip: bool) -> dict[str, Any]:
         wait_ready(list(servers.values()))
         pids = {name: api_server_pid(server.process.pid) for name, server in servers.items()}
         for name in ("ours", "bare"):  # warm both (first request pays one-time costs)
-            one_request(servers[name].base_url, pids[name], urls["30s-720p"])
+            one_request(servers[name].base_url, pids[name], unique_url(data["30s-720p"], 0))
         for round_index in range(rounds):
             for clip in CLIPS:
                 order = ("ours", "bare") if round_index % 2 == 0 else ("bare", "ours")
                 for name in order:
-                    row = one_request(servers[name].base_url, pids[name], urls[clip])
+                    url = unique_url(data[clip], next(serials))
+                    row = one_request(servers[name].base_url, pids[name], url)
                     rows.append({"round": round_index, "clip": clip, "target": name, **row})
                     print(json.dumps(rows[-1]), flush=True)
         for clip in LONG_CLIP if with_long_clip else ():
             for name in ("ours", "bare"):
-                row = one_request(servers[name].base_url, pids[name], urls[clip])
+                url = unique_url(data[clip], next(serials))
+                row = one_request(servers[name].base_url, pids[name], url)
                 rows.append({"round": "long", "clip": clip, "target": name, **row})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
