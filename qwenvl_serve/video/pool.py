@@ -58,13 +58,28 @@ def job_for(config: VideoConfig, container: VideoFormat, size: int) -> DecodeJob
     )
 
 
+# What a worker inherits of the server's environment: enough to start Python and find
+# its packages. The server's config, keys and secrets stay out of a process that parses
+# untrusted bytes.
+INHERITED_VARIABLES = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    FAULT_ENV_VAR,
+)
+
+
 def worker_environment(config: VideoConfig, environ: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment: the server's, its kernel limits, one malloc arena
-    (so its address space is what it uses, not what idle arenas reserve)."""
-    env = {name: value for name, value in environ.items() if name != FAULT_ENV_VAR}
-    fault = environ.get(FAULT_ENV_VAR)
-    if fault:
-        env[FAULT_ENV_VAR] = fault
+    """The worker's environment: the few variables it needs of the server's, its kernel
+    limits, and one malloc arena (so its address space is what it uses, not what idle
+    arenas reserve)."""
+    env = {name: environ[name] for name in INHERITED_VARIABLES if name in environ}
     env[CPU_ENV_VAR] = str(config.worker_cpu_seconds)
     env[MEMORY_ENV_VAR] = str(config.worker_memory_mib * 1024 * 1024)
     env["MALLOC_ARENA_MAX"] = "2"

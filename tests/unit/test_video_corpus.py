@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from qwenvl_serve.images.rejections import RefusalError
-from qwenvl_serve.video.pool import VideoDecoder
+from qwenvl_serve.video.pool import VideoDecoder, worker_environment
 from qwenvl_serve.video.protocol import FAULT_ENV_VAR, DecodedVideo
 from tests.video_clips import make_clip, turned_clockwise
 from tests.video_corpus import CASES, CORPUS_VIDEO, Case
@@ -76,6 +76,15 @@ def test_a_failing_decoder_costs_only_its_own_request(fault, limits, outcome):
     assert not psutil.Process().children(recursive=True)
     # The next video, in a fresh worker, is sampled.
     assert outcome_of(clip, VideoDecoder(config, os.environ)) == "sampled"
+
+
+def test_a_worker_inherits_no_secrets_of_the_server():
+    server = {"PATH": "/usr/bin", "QWENVL_SERVE_CONFIG": "{keys}", "REDIS_URL": "redis://:pw@h"}
+    env = worker_environment(CORPUS_VIDEO, server)
+    assert env["PATH"] == "/usr/bin"
+    assert "QWENVL_SERVE_CONFIG" not in env
+    assert "REDIS_URL" not in env
+    assert env["MALLOC_ARENA_MAX"] == "2"
 
 
 def test_workers_run_at_most_max_concurrent_at_once():
