@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import send_error
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.core.client_gone import unless_client_leaves
 from qwenvl_serve.core.responses import with_header
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.images.chat_request import (
@@ -137,7 +138,14 @@ class ImageNormalizationMiddleware:
                 check_completion_request(request.document)
                 sizes: list[tuple[int, int]] = []
             else:
-                sizes = await self._normalize_request(request)
+                work = self._normalize_request(request)
+                if not request.image_count:
+                    sizes = await work  # only checks: nothing worth listening for
+                else:
+                    outcome = await unless_client_leaves(work, receive)
+                    if outcome is None:
+                        return  # the client left: its pending decodes were dropped with it
+                    sizes, receive = outcome
         except RefusalError as rejected:
             self.metrics.refusals.labels(reason=rejected.reason.code).inc()
             await send_error(scope, send, rejected.api_error())

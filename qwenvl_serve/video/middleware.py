@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.api_errors import send_error
 from qwenvl_serve.config import InstanceConfig
+from qwenvl_serve.core.client_gone import unless_client_leaves
 from qwenvl_serve.core.responses import with_header
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.images.chat_request import MediaPart
@@ -84,11 +85,15 @@ class VideoMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            decoded = await self._sample(request, videos)
+            outcome = await unless_client_leaves(self._sample(request, videos), receive)
         except RefusalError as rejected:
             self.metrics.videos.labels(outcome=rejected.reason.code).inc()
             await send_error(scope, send, rejected.api_error())
             return
+        if outcome is None:  # the client left: its worker was stopped with it
+            self.metrics.videos.labels(outcome="client_gone").inc()
+            return
+        decoded, receive = outcome
         await self.app(scope, receive, with_header(send, VIDEO_HEADER, describe(decoded).encode()))
 
     async def _sample(self, request: InferenceRequest, videos: list[MediaPart]) -> DecodedVideo:

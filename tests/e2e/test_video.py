@@ -9,16 +9,19 @@ crashes or hangs costs its own request only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import math
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import httpx
+import psutil
 import pytest
 from transformers import AutoTokenizer
 
@@ -290,3 +293,30 @@ def test_a_failing_decoder_costs_its_own_request_only(
         healthy = make_clip(seconds=1, width=64, height=64)
         body = {"model": MODEL, "messages": video_messages(video_url(healthy)), "max_tokens": 2}
         assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def _workers(server: RunningServer) -> list[psutil.Process]:
+    tree = psutil.Process(server.process.pid).children(recursive=True)
+    return [p for p in tree if "qwenvl_serve.video.worker" in " ".join(p.cmdline())]
+
+
+def test_a_client_that_leaves_stops_its_video_worker(lab_server: RunningServer):
+    body = {"model": MODEL, "messages": video_messages(video_url(HANGING)), "max_tokens": 2}
+    started = time.monotonic()
+
+    def impatient_client() -> None:
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(f"{lab_server.base_url}/v1/chat/completions", json=body, timeout=1.5)
+
+    client = threading.Thread(target=impatient_client)
+    client.start()
+    while not _workers(lab_server):  # the hanging decode is under way
+        assert time.monotonic() - started < 10, "no worker started"
+        time.sleep(0.05)
+    client.join()
+    while _workers(lab_server):
+        time.sleep(0.05)
+    # Gone with its client, well before its 5 s deadline would have ended it.
+    assert time.monotonic() - started < 4.5
+    text = httpx.get(f"{lab_server.base_url}/metrics", timeout=10).text
+    assert 'qwenvl_videos_total{outcome="client_gone"} 1.0' in text

@@ -373,12 +373,25 @@ async def test_disconnect_after_the_body_reaches_the_inner_app():
 
     config = resolve_config({"model": "m"})
     app = image_layer(watcher, config, CollectorRegistry())
-    body = json.dumps(chat(data_url(SMALL))).encode()
+    body = json.dumps(chat()).encode()  # text only: no work to stop on the way
     await drive(
         app,
         [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}],
     )
     assert seen == ["http.request", "http.disconnect"]
+
+
+@pytest.mark.anyio
+async def test_a_client_that_leaves_while_its_images_are_prepared_stops_them():
+    inner = RecordingApp()
+    app = image_layer(inner, resolve_config({"model": "m"}), CollectorRegistry())
+    body = json.dumps(chat(data_url(SMALL))).encode()
+    sent = await drive(
+        app,
+        [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}],
+    )
+    assert sent == []  # nobody is there to answer
+    assert inner.bodies == []
 
 
 @pytest.mark.anyio
