@@ -137,10 +137,12 @@ def cut_stream(server: RunningServer, path: str, body: dict[str, Any], events: i
     return seen
 
 
-def leave_before_answer(server: RunningServer, path: str, body: dict[str, Any]) -> None:
+def leave_before_answer(
+    server: RunningServer, path: str, body: dict[str, Any], timeout: float = 0.5
+) -> None:
     """Send a request and hang up before its (non-streamed) answer comes."""
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.base_url + path, json=body, headers=headers(), timeout=0.5)
+        httpx.post(server.base_url + path, json=body, headers=headers(), timeout=timeout)
 
 
 def may_leave_before_answer(server: RunningServer, path: str, body: dict[str, Any]) -> None:
@@ -182,9 +184,12 @@ def test_a_client_that_leaves_before_a_json_answer_is_metered(server: RunningSer
 def test_several_choices_without_a_stream_run_to_their_end_and_are_metered(
     server: RunningServer,
 ):
-    body = long_chat(n=2, max_tokens=64)
-    cost = metered(server, lambda: leave_before_answer(server, "/v1/chat/completions", body))
-    assert cost["engine_generation"] == 2 * 64
+    # Long enough (2 x 256 tokens) that no machine answers before the client leaves.
+    body = long_chat(n=2)
+    cost = metered(
+        server, lambda: leave_before_answer(server, "/v1/chat/completions", body, timeout=0.2)
+    )
+    assert cost["engine_generation"] == 2 * MAX_TOKENS
     assert_reconciled(cost)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 
@@ -19,6 +20,16 @@ from qwenvl_serve.video.pool import VideoDecoder, worker_environment
 from qwenvl_serve.video.protocol import FAULT_ENV_VAR, DecodedVideo
 from tests.video_clips import make_clip, turned_clockwise
 from tests.video_corpus import CASES, CORPUS_VIDEO, Case
+
+
+def video_workers() -> list[psutil.Process]:
+    """This process's decoder workers (the session may run servers of its own)."""
+    workers = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "qwenvl_serve.video.worker" in " ".join(child.cmdline()):
+                workers.append(child)
+    return workers
 
 
 def outcome_of(data: bytes, decoder: VideoDecoder) -> str:
@@ -56,7 +67,7 @@ def test_the_corpus_is_large_and_varied():
 def test_corpus_case_has_its_outcome(case: Case):
     decoder = VideoDecoder(CORPUS_VIDEO, os.environ)
     assert outcome_of(case.build(), decoder) == case.outcome
-    assert not psutil.Process().children(recursive=True)
+    assert not video_workers()
 
 
 @pytest.mark.parametrize(
@@ -73,7 +84,7 @@ def test_a_failing_decoder_costs_only_its_own_request(fault, limits, outcome):
     config = CORPUS_VIDEO.model_copy(update=limits)
     failing = VideoDecoder(config, {**os.environ, FAULT_ENV_VAR: fault})
     assert outcome_of(clip, failing) == outcome
-    assert not psutil.Process().children(recursive=True)
+    assert not video_workers()
     # The next video, in a fresh worker, is sampled.
     assert outcome_of(clip, VideoDecoder(config, os.environ)) == "sampled"
 
@@ -96,7 +107,7 @@ def test_workers_run_at_most_max_concurrent_at_once():
     async def watch() -> None:
         nonlocal peak
         while True:
-            peak = max(peak, len(psutil.Process().children()))
+            peak = max(peak, len(video_workers()))
             await asyncio.sleep(0.05)
 
     async def main() -> list[DecodedVideo | BaseException]:
