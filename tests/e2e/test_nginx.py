@@ -306,12 +306,13 @@ def test_a_stream_arrives_as_it_is_generated(site: Site):
 
 
 def test_an_oversized_body_gets_413_from_nginx(site: Site):
-    """The cap comes from tiny.yaml's image limits: 4 x 10 MiB x 4/3 + 1 MiB -> 55 MiB."""
+    """The cap comes from tiny.yaml's media limits: 4 images of 10 MiB and a video of
+    64 MiB, base64, plus 1 MiB, held to `images.max_request_bytes` -> 64 MiB."""
     host, port = site.base_url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     connection.putrequest("POST", f"/{TINY_B}/v1/chat/completions")
     connection.putheader("Content-Type", "application/json")
-    connection.putheader("Content-Length", str(56 * MIB))
+    connection.putheader("Content-Length", str(65 * MIB))
     connection.putheader("X-Request-ID", "oversize-1")
     connection.endheaders(b"{")
     response = connection.getresponse()
