@@ -35,6 +35,7 @@ from tests.video_corpus import HLS_PLAYLIST
 pytestmark = pytest.mark.e2e
 
 PROMPT = "What happens in this video?"
+WORKER = "qwenvl_serve.video.worker"
 TIMESTAMP = re.compile(r"<(\d+\.\d) seconds>")
 
 
@@ -296,8 +297,13 @@ def test_a_failing_decoder_costs_its_own_request_only(
 
 
 def _workers(server: RunningServer) -> list[psutil.Process]:
-    tree = psutil.Process(server.process.pid).children(recursive=True)
-    return [p for p in tree if "qwenvl_serve.video.worker" in " ".join(p.cmdline())]
+    """The server's live decoder workers (a killed one awaiting its reaping is gone)."""
+    workers = []
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # ended, or a zombie about to be reaped
+            if process.status() != psutil.STATUS_ZOMBIE and WORKER in " ".join(process.cmdline()):
+                workers.append(process)
+    return workers
 
 
 def test_a_client_that_leaves_stops_its_video_worker(lab_server: RunningServer):
