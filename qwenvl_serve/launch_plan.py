@@ -101,7 +101,7 @@ def _processor_kwargs(config: InstanceConfig) -> dict[str, object]:
     kwargs: dict[str, object] = {"images_kwargs": {"size": size}}
     if config.video.enabled:
         video_size = {
-            "longest_edge": config.video.max_visual_tokens * VIDEO_PIXELS_PER_TOKEN,
+            "longest_edge": config.video.max_tokens * VIDEO_PIXELS_PER_TOKEN,
             "shortest_edge": VIDEO_PIXELS_PER_TOKEN,
         }
         # The pixel cap per frame is ours (video.max_frame_tokens): the processor's off.

@@ -139,9 +139,3 @@ class VideoConfig(StrictModel):
         if self.min_frame_tokens > self.max_frame_tokens:
             raise ValueError("video.min_frame_tokens must not exceed video.max_frame_tokens")
         return self
-
-    @property
-    def max_visual_tokens(self) -> int:
-        """The most visual tokens (timestamps aside) of one video, which is what vLLM's
-        encoder budget must hold."""
-        return self.max_tokens
