@@ -10,6 +10,9 @@ from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.routes import OTHER, route_of
 
 NOT_FOUND = ApiError(404, "Not found.", code="not_found")
+NO_WEBSOCKETS = ApiError(
+    404, "This server has no WebSocket routes; use HTTP.", code="websocket_not_served"
+)
 REASON = "route"
 
 
@@ -18,7 +21,7 @@ class RouteAllowlistMiddleware:
     405 (with ``Allow``) for a method its route does not answer: the one place either
     is decided. OPTIONS goes on to vLLM's CORS layer on every route.
 
-    WebSocket connections are refused outright: no allowed route is one.
+    WebSocket handshakes are refused outright with a 404: no allowed route is one.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
@@ -28,7 +31,7 @@ class RouteAllowlistMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             self.rejections.inc()
-            await send({"type": "websocket.close", "code": 1008})
+            await refuse_websocket(scope, send)
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -42,6 +45,19 @@ class RouteAllowlistMiddleware:
         notes_for(scope).rejection = REASON
         refusal = NOT_FOUND if route.name == OTHER else method_not_allowed(methods)
         await send_error(scope, send, refusal)
+
+
+async def refuse_websocket(scope: Scope, send: Send) -> None:
+    """Refuse a WebSocket handshake with an HTTP error in the path's API format, where
+    the server can send one (ASGI's denial response); else close with the reason."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": NO_WEBSOCKETS.message})
+        return
+    body = NO_WEBSOCKETS.body_for_path(scope["path"])
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    start = {"type": "websocket.http.response.start", "status": 404, "headers": headers}
+    await send(start)
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def method_not_allowed(methods: tuple[str, ...]) -> ApiError:

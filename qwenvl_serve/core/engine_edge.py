@@ -6,17 +6,21 @@ came, under the client's own scope. vLLM's answers are read here, once, by
 :func:`~qwenvl_serve.core.responses.reading_engine_responses`. A client that leaves
 is not announced to vLLM's handler; its request is aborted in the engine instead
 (:mod:`qwenvl_serve.core.engine_stop`), so what was computed is still answered and
-metered.
+metered. vLLM's error answers are rewritten here as ours
+(:mod:`qwenvl_serve.core.engine_errors`), for every request that reaches vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qwenvl_serve.access.notes import request_id_of
 from qwenvl_serve.asgi_body import REQUEST_ID_HEADER, replaying, with_body_length
+from qwenvl_serve.core.engine_errors import ClientName, engine_error, stream_error
 from qwenvl_serve.core.engine_stop import (
     abort_until_answered,
     engine_of,
@@ -24,8 +28,9 @@ from qwenvl_serve.core.engine_stop import (
     holding_disconnect,
     stops_when_client_leaves,
 )
-from qwenvl_serve.core.responses import reading_engine_responses
+from qwenvl_serve.core.responses import is_event_stream, reading_engine_responses
 from qwenvl_serve.core.view import InferenceRequest, inference_request
+from qwenvl_serve.routes import match_path
 
 # Request headers a translated request keeps; credentials stay with the outer layers.
 _FORWARDED_HEADERS = frozenset({b"host", b"user-agent", b"x-request-id", b"traceparent"})
@@ -68,6 +73,83 @@ def with_request_id(scope: Scope, request_id: str) -> Scope:
     return {**scope, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
 
 
+def rewriting_engine_errors(
+    scope: Scope, send: Send, client_name: ClientName | None = None
+) -> Send:
+    """``send`` for vLLM's app that rewrites its error answers as ours.
+
+    A response of status 400 or more is held until its body is complete, then sent as
+    :func:`~qwenvl_serve.core.engine_errors.engine_error` makes it, in the format of
+    the route vLLM served (OpenAI's for a translated request: its family relays it).
+    In a stream, an ``{"error": ...}`` event is rewritten the same way. Successful
+    answers pass untouched. ``client_name`` names fields as the client did.
+    """
+    request_id = request_id_of(scope)
+    names: ClientName = client_name or str
+    held: Message | None = None
+    parts: list[bytes] = []
+    streaming = False
+
+    async def send_rewritten(message: Message) -> None:
+        nonlocal held, streaming
+        kind = message["type"]
+        if kind == "http.response.start":
+            if message["status"] < 400:
+                streaming = is_event_stream(message)
+                await send(message)
+            else:
+                held = message
+            return
+        if kind != "http.response.body":
+            await send(message)
+        elif held is None:
+            body = message.get("body", b"")
+            if streaming and _STREAM_ERROR in body:
+                message = {**message, "body": _rewritten_events(body, request_id, names)}
+            await send(message)
+        else:
+            parts.append(message.get("body", b""))
+            if not message.get("more_body"):
+                error = engine_error(held["status"], b"".join(parts), request_id, names)
+                body = error.body_in(match_path(scope["path"]).route.error_format)
+                await send({**held, "status": error.status, "headers": _json_headers(held, body)})
+                await send({"type": "http.response.body", "body": body})
+
+    return send_rewritten
+
+
+_STREAM_ERROR = b'data: {"error"'
+
+
+def _rewritten_events(chunk: bytes, request_id: str, client_name: ClientName) -> bytes:
+    """``chunk`` of an SSE stream with each ``{"error": ...}`` event rewritten."""
+    events = chunk.split(b"\n\n")
+    for index, event in enumerate(events):
+        if event.startswith(_STREAM_ERROR):
+            try:
+                document = json.loads(event[len(b"data: ") :])
+            except (ValueError, RecursionError):
+                document = None
+            said = document.get("error") if isinstance(document, dict) else None
+            error = stream_error(said, request_id, client_name)
+            events[index] = b"data: " + json.dumps(error.openai_body()).encode()
+    return b"\n\n".join(events)
+
+
+def _json_headers(start: Message, body: bytes) -> list[tuple[bytes, bytes]]:
+    """``start``'s headers with the content type and length of a JSON ``body``."""
+    kept = [
+        (name, value)
+        for name, value in start.get("headers", [])
+        if name.lower() not in (b"content-type", b"content-length")
+    ]
+    return [
+        *kept,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+
+
 class EngineEdgeMiddleware:
     """Hands vLLM the request view's body and reads vLLM's answers once."""
 
@@ -78,9 +160,12 @@ class EngineEdgeMiddleware:
         self.engine_ids: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = inference_request(scope) if scope["type"] == "http" else None
-        if request is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        request = inference_request(scope)
+        if request is None:  # CORS preflights, GET routes: vLLM's errors are still rewritten
+            await self.app(scope, receive, rewriting_engine_errors(scope, send))
             return
         base = str(scope.get("state", {}).get("request_id") or secrets.token_hex(16))
         engine_id = base if base not in self.engine_ids else f"{base}-{secrets.token_hex(4)}"
@@ -109,7 +194,9 @@ class EngineEdgeMiddleware:
             await self.app(
                 engine_scope(scope, request, len(body), None if engine_id == base else engine_id),
                 holding_disconnect(replaying(body, receive), when_client_leaves),
-                reading_engine_responses(send_noting_answer),
+                rewriting_engine_errors(
+                    scope, reading_engine_responses(send_noting_answer), request.client_field
+                ),
             )
         finally:
             answered.set()

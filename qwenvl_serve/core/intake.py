@@ -11,7 +11,8 @@ sees OpenAI requests and responses only. Everything else passes through untouche
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +33,9 @@ from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.routes import route_of
 
 _INVALID_JSON = RequestRefusedError(RefusalError(Reason.INVALID_JSON).api_error())
+_NOT_JSON = RefusalError(Reason.NOT_JSON_CONTENT_TYPE).api_error()
+# A JSON escape of a UTF-16 surrogate: half of a pair, or a lone one (not text).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def parse_body(body: bytes) -> Any:
@@ -44,6 +48,53 @@ def parse_body(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError):  # not UTF-8, not JSON, or absurdly nested
         raise _INVALID_JSON from None
+
+
+def is_json_content_type(scope: Scope) -> bool:
+    """vLLM's own test of a request's content type (``validate_json_request``): the
+    first ``Content-Type`` header, lowercased, up to any ``;``, is ``application/json``."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bytes(value).lower().split(b";", 1)[0] == b"application/json"
+    return False
+
+
+def unpaired_surrogate_at(document: object, path: str = "") -> str | None:
+    """The location of the first string in ``document`` holding a lone surrogate.
+
+    Python's parser keeps ``"\\ud800"`` as a one-character string that no tokenizer
+    can encode; vLLM would fail on it deep in the tokenizer.
+    """
+    if isinstance(document, str):
+        try:
+            document.encode()
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(document, dict):
+        items: Iterable[tuple[str, object]] = (
+            (f"{path}.{key}" if path else str(key), value) for key, value in document.items()
+        )
+    elif isinstance(document, list):
+        items = ((f"{path}[{index}]", value) for index, value in enumerate(document))
+    else:
+        return None
+    for where, value in items:
+        found = unpaired_surrogate_at(value, where)
+        if found is not None:
+            return found
+    return None
+
+
+def checked_document(body: bytes) -> Any:
+    """The parsed body, refused when it holds text no tokenizer can encode."""
+    document = parse_body(body)
+    if _SURROGATE_ESCAPE.search(body) is not None:  # rare: only then walk the document
+        where = unpaired_surrogate_at(document)
+        if where is not None:
+            refusal = RefusalError(Reason.UNPAIRED_SURROGATE, where)
+            raise RequestRefusedError(refusal.api_error())
+    return document
 
 
 class IntakeMiddleware:
@@ -76,9 +127,12 @@ class IntakeMiddleware:
             return
         if disconnect is not None:
             return  # the client left before sending its request: nobody to answer
+        if family.relay is None and not is_json_content_type(scope):
+            await send_error(scope, send, _NOT_JSON)  # vLLM refuses it, after our work
+            return
         match = route_of(scope)
         try:
-            document = family.to_engine(parse_body(body), match)
+            document = family.to_engine(checked_document(body), match)
         except RequestRefusedError as refused:
             await send_error(scope, send, refused.error)
             return

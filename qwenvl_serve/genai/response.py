@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from qwenvl_serve.api_errors import ApiError
+from qwenvl_serve.api_errors import OPENAI_TYPE, ApiError
 
 JsonObject = dict[str, Any]
 
@@ -111,5 +111,11 @@ def openai_error_message(parsed: object) -> str | None:
 def error_from_openai_chunk(error: Mapping[str, Any]) -> ApiError:
     """An ``{"error": ...}`` event in an OpenAI stream, as a Google error."""
     code = error.get("code")
-    status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+    status = code if isinstance(code, int) and 400 <= code <= 599 else _status_of(error.get("type"))
     return error_from_openai(status, {"error": error})
+
+
+def _status_of(openai_type: object) -> int:
+    """The status an OpenAI error ``type`` stands for (its lowest); 500 when unknown."""
+    statuses = [status for status, name in OPENAI_TYPE.items() if name == openai_type]
+    return min(statuses, default=500)

@@ -17,6 +17,17 @@ class Reason(enum.Enum):
 
     BODY_TOO_LARGE = ("request_too_large", 413, BODY_TOO_LARGE_MESSAGE)
     INVALID_JSON = ("invalid_json", 400, "The request body is not a valid JSON object.")
+    NOT_JSON_CONTENT_TYPE = (
+        "unsupported_media_type",
+        415,
+        "Send the request body as JSON with `Content-Type: application/json`.",
+    )
+    UNPAIRED_SURROGATE = (
+        "invalid_text",
+        400,
+        "The text holds an unpaired UTF-16 surrogate escape (such as \\ud800), which is "
+        "not a character; encode text as UTF-8 or escape whole surrogate pairs.",
+    )
     FIELD_NOT_ALLOWED = (
         "field_not_allowed",
         400,

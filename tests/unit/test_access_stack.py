@@ -106,6 +106,10 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    return response.json()["error"]
+
+
 def chat_body(**fields) -> dict[str, Any]:
     content = [{"type": "text", "text": PROMPT_TEXT}]
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], **fields}
@@ -491,7 +495,36 @@ async def test_websockets_are_refused():
         sent.append(message)
 
     await app({"type": "websocket", "path": "/v1/realtime", "headers": []}, receive, send)
-    assert sent == [{"type": "websocket.close", "code": 1008}]
+    reason = "This server has no WebSocket routes; use HTTP."
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": reason}]
+    assert inner.seen == []
+
+
+@pytest.mark.anyio
+async def test_websockets_are_refused_with_an_error_body_where_the_server_can_send_one():
+    inner = FakeVllm()
+    app = QwenVLServeMiddleware(inner, config=make_config(), registry=CollectorRegistry())
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/v1beta/models/m:generateContent",
+        "headers": [],
+        "extensions": {"websocket.http.response": {}},
+    }
+    await app(scope, receive, send)
+    assert [message["type"] for message in sent] == [
+        "websocket.http.response.start",
+        "websocket.http.response.body",
+    ]
+    assert sent[0]["status"] == 404
+    assert json.loads(sent[1]["body"])["error"]["status"] == "NOT_FOUND"  # Google's format
     assert inner.seen == []
 
 
@@ -742,7 +775,9 @@ async def test_absurdly_nested_json_gets_a_json_400(stack):
     nested = b"[" * 1200 + b"]" * 1200
     async with client:
         responses = [
-            await client.post(path, content=nested, headers=bearer(BETA))
+            await client.post(
+                path, content=nested, headers={**bearer(BETA), "content-type": "application/json"}
+            )
             for path in ("/v1/chat/completions", f"/v1beta/models/{MODEL}:generateContent")
         ]
     for response in responses:
@@ -753,7 +788,7 @@ async def test_absurdly_nested_json_gets_a_json_400(stack):
 
 
 @pytest.mark.anyio
-async def test_a_lone_surrogate_in_the_prompt_reaches_the_engine_escaped(stack):
+async def test_a_lone_surrogate_anywhere_is_refused_and_a_pair_passes(stack):
     client, inner, _ = stack
     png = io.BytesIO()
     Image.new("RGBA", (64, 48), (255, 0, 0, 128)).save(png, "PNG")  # re-encoded: body rewritten
@@ -761,6 +796,7 @@ async def test_a_lone_surrogate_in_the_prompt_reaches_the_engine_escaped(stack):
     image = {"type": "image_url", "image_url": {"url": url}}
     lone = "\ud800 what is this"
     google = {"contents": [{"parts": [{"text": lone}]}]}
+    json_type = {**bearer(BETA), "content-type": "application/json"}
     async with client:
         chat = await client.post(
             "/v1/chat/completions",
@@ -772,20 +808,31 @@ async def test_a_lone_surrogate_in_the_prompt_reaches_the_engine_escaped(stack):
                     ],
                 }
             ),
-            headers=bearer(BETA),
+            headers=json_type,
         )
         streamed = await client.post(
             "/v1/chat/completions",
-            content=escaped(chat_body(stream=True, messages=[{"role": "user", "content": lone}])),
-            headers=bearer(BETA),
+            content=escaped(chat_body(stream=True, stop=["ok", lone])),
+            headers=json_type,
         )
         translated = await client.post(
-            f"/v1beta/models/{MODEL}:generateContent", content=escaped(google), headers=bearer(BETA)
+            f"/v1beta/models/{MODEL}:generateContent", content=escaped(google), headers=json_type
         )
-    assert (chat.status_code, streamed.status_code, translated.status_code) == (200, 200, 200)
-    assert [path for path, _ in inner.seen] == ["/v1/chat/completions"] * 3
-    texts = [json.dumps(request) for _, request in inner.seen]
-    assert all("\\ud800 what is this" in text for text in texts)
+        paired = await client.post(
+            "/v1/chat/completions",
+            content=escaped(chat_body(messages=[{"role": "user", "content": "\U0001f600 hi"}])),
+            headers=json_type,
+        )
+    assert (chat.status_code, streamed.status_code, translated.status_code) == (400, 400, 400)
+    assert [error_of(chat)["param"], error_of(streamed)["param"]] == [
+        "messages[0].content[1].text",
+        "stop[1]",
+    ]
+    assert error_of(chat)["code"] == error_of(streamed)["code"] == "invalid_text"
+    assert translated.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert paired.status_code == 200  # an escaped pair (an emoji) is text
+    assert [path for path, _ in inner.seen] == ["/v1/chat/completions"]
+    assert "\\ud83d\\ude00 hi" in json.dumps(inner.seen[0][1])
 
 
 def escaped(body: dict[str, Any]) -> bytes:

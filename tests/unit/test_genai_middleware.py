@@ -118,7 +118,8 @@ async def post(
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return await client.post(path, content=content, headers=headers or {})
+        json_type = {"content-type": "application/json"}
+        return await client.post(path, content=content, headers={**json_type, **(headers or {})})
 
 
 async def test_generate_content_calls_the_chat_route_in_process_and_translates_back():

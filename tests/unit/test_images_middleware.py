@@ -80,7 +80,12 @@ def layer(
 
 
 def client(app: ASGIApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    """A client of ``app`` whose requests declare JSON bodies, as SDKs do."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"content-type": "application/json"},
+    )
 
 
 def image_sizes_in(document: dict[str, Any]) -> list[tuple[int, int]]:
@@ -345,7 +350,14 @@ async def drive(app: ASGIApp, messages: list[Message]) -> list[Message]:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": CHAT, "headers": [], "query_string": b""}
+    headers = [(b"content-type", b"application/json")]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": CHAT,
+        "headers": headers,
+        "query_string": b"",
+    }
     await app(scope, receive, send)
     return sent
 

@@ -102,6 +102,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return seen
 
 
+JSON_TYPE = {"content-type": "application/json"}
+
+
 def holds_marker(text: object) -> bool:
     if isinstance(text, str):
         return MARKER in text
@@ -116,7 +119,7 @@ async def test_each_request_body_is_parsed_exactly_once(family: str, parses: lis
     engine = StubEngine()
     transport = httpx.ASGITransport(app=stack(engine))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        response = await client.post(path, content=body)
+        response = await client.post(path, content=body, headers=JSON_TYPE)
     assert response.status_code == 200
     assert len(engine.bodies) == 1
     request_parses = [text for text in parses if holds_marker(text)]
@@ -132,7 +135,7 @@ async def test_an_unchanged_body_reaches_vllm_byte_for_byte(family: str):
     engine = StubEngine()
     transport = httpx.ASGITransport(app=stack(engine))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        response = await client.post(path, content=body.encode())
+        response = await client.post(path, content=body.encode(), headers=JSON_TYPE)
     assert response.status_code == 200
     assert engine.bodies == [body.encode()]
     assert dict(engine.scopes[0]["headers"])[b"content-length"] == str(len(body)).encode()
