@@ -80,7 +80,7 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
     assert response.headers["content-type"] == "application/json"
     document = response.json()
     assert set(document) == {"error"}
-    error = document["error"]
+    error: dict[str, Any] = document["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert isinstance(error["code"], str)
     assert isinstance(error["type"], str)

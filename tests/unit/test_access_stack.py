@@ -107,7 +107,8 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
-    return response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
+    return error
 
 
 def chat_body(**fields) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from qwenvl_serve.core.engine_errors import engine_error, field_path, stream_error
+from qwenvl_serve.routes import ErrorFormat
 
 
 def vllm_body(message: str, param: str | None = None, kind: str = "BadRequestError") -> bytes:
@@ -141,7 +142,7 @@ UNION_DUMP = (
 def test_client_errors_name_the_field_without_internals(body, message, param, code):
     error = engine_error(400, body, "rid")
     assert (error.status, error.message, error.param, error.code) == (400, message, param, code)
-    assert error.openai_body()["error"]["type"] == "invalid_request_error"
+    assert json.loads(error.body_in(ErrorFormat.OPENAI))["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
