@@ -114,6 +114,24 @@ class EngineConfig(StrictModel):
         None,
         description="vLLM reasoning parser that splits thinking from the answer (Thinking models).",
     )
+    mm_processor_cache_type: Literal["shm", "lru"] = Field(
+        "shm",
+        description=(
+            "vLLM's cache of processed images between its API server and engine. `shm` "
+            "(shared memory) holds each item once; `lru`, vLLM's default, keeps a shadow "
+            "in the API server that can fall out of step with the engine's copy under "
+            "concurrent repeated images, and the engine then fails the request with a 500 "
+            "(measured: benchmarks/RESULTS.md, Reliability)."
+        ),
+    )
+    mm_processor_cache_gb: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "Size of that cache in GiB (vLLM's default is 4): memory the server takes as "
+            "distinct images arrive. 0 turns it off: repeated images are processed again."
+        ),
+    )
     cpu_kvcache_space_gib: float | None = Field(
         None,
         gt=0,

@@ -39,6 +39,8 @@ RESERVED_FLAGS: dict[str, str] = {
         "set `video.enabled`: clients' own processor kwargs would bypass media checks"
     ),
     "--shutdown-timeout": "set `shutdown.drain_seconds`",
+    "--mm-processor-cache-type": "set `engine.mm_processor_cache_type`",
+    "--mm-processor-cache-gb": "set `engine.mm_processor_cache_gb`",
     "--max-logprobs": "set `limits.max_logprobs`",
     "--middleware": "qwenvl-serve loads its own middleware",
     "--allowed-media-domains": "images are fetched by our layer; see `images.remote_urls`",

@@ -57,6 +57,8 @@ def build_vllm_args(config: InstanceConfig) -> list[str]:
         "--shutdown-timeout", str(drain_timeout_seconds(config.shutdown.drain_seconds)),
         # vLLM's own logprobs bound, behind ours (which answers in the route's format).
         "--max-logprobs", str(config.limits.max_logprobs),
+        "--mm-processor-cache-type", engine.mm_processor_cache_type,
+        "--mm-processor-cache-gb", _number(engine.mm_processor_cache_gb),
     ]  # fmt: skip
     optional: list[tuple[str, object | None]] = [
         ("--quantization", engine.quantization),

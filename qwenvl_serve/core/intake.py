@@ -89,7 +89,9 @@ def unpaired_surrogate_at(document: object, path: str = "") -> str | None:
 def checked_document(body: bytes) -> Any:
     """The parsed body, refused when it holds text no tokenizer can encode."""
     document = parse_body(body)
-    if _SURROGATE_ESCAPE.search(body) is not None:  # rare: only then walk the document
+    # memchr for a backslash first (2 us for a 74 KB image body, which has none), then
+    # the pattern (30 us), and only if it matches (rare) a walk of the document.
+    if b"\\" in body and _SURROGATE_ESCAPE.search(body) is not None:
         where = unpaired_surrogate_at(document)
         if where is not None:
             refusal = RefusalError(Reason.UNPAIRED_SURROGATE, where)

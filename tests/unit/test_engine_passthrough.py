@@ -58,8 +58,8 @@ def test_other_options_pass_through_verbatim_and_last():
         "--async-scheduling",
         "--max-num-batched-tokens",
         "4096",
-        "--mm-processor-cache-type",
-        "shm",
+        "--mm-shm-cache-max-object-size-mb",
+        "256",
     ]
     config = resolve_config({**MINIMAL, "engine": {"extra_args": extra}})
     assert build_vllm_args(config)[-len(extra) :] == extra
