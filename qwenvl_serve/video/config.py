@@ -113,6 +113,15 @@ class VideoConfig(StrictModel):
         ge=1,
         description="Videos decoded at once (one worker process each); others wait.",
     )
+    max_concurrent_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Videos one API key may have decoding at once; its others wait their turn "
+            "without holding a worker slot, so one client cannot take every slot. Empty: "
+            "half of `max_concurrent`, rounded up. Applies when `auth.keys` is set."
+        ),
+    )
     worker_timeout_seconds: float = Field(
         default=120.0,
         gt=0,
@@ -133,6 +142,13 @@ class VideoConfig(StrictModel):
         gt=0,
         description="Deadline for one remote video: DNS, every redirect and the whole body.",
     )
+
+    @property
+    def per_key_concurrency(self) -> int:
+        """Videos one key may have decoding at once."""
+        if self.max_concurrent_per_key is not None:
+            return min(self.max_concurrent_per_key, self.max_concurrent)
+        return (self.max_concurrent + 1) // 2
 
     @model_validator(mode="after")
     def _frame_tokens_ordered(self) -> VideoConfig:

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from qwenvl_serve.access.notes import NO_KEY
 from qwenvl_serve.api_errors import send_error
 from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.core.client_gone import unless_client_leaves
@@ -101,7 +102,8 @@ class VideoMiddleware:
             raise RefusalError(Reason.TOO_MANY_VIDEOS, videos[self.max_videos].param)
         part = videos[0]
         try:
-            decoded = await self._decode(_video_url(part.part))
+            key = None if request.key_name == NO_KEY else request.key_name
+            decoded = await self._decode(_video_url(part.part), key)
         except RefusalError as rejected:
             reason = _AS_VIDEO.get(rejected.reason, rejected.reason)
             raise RefusalError(reason, part.param) from None
@@ -111,11 +113,11 @@ class VideoMiddleware:
         self._count(decoded)
         return decoded
 
-    async def _decode(self, url: str) -> DecodedVideo:
+    async def _decode(self, url: str, key_name: str | None) -> DecodedVideo:
         data = await self._bytes_of(url)
         started = time.perf_counter()
         try:
-            return await self.decoder.decode(data)
+            return await self.decoder.decode(data, key_name)
         finally:
             self.metrics.decode_seconds.observe(time.perf_counter() - started)
 

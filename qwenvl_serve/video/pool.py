@@ -1,6 +1,7 @@
 """The server's side of the decoder workers: one process per video, bounded and timed.
 
-At most ``max_concurrent`` workers run at once; a request waits for a free slot. A
+At most ``max_concurrent`` workers run at once; a request waits for a free slot, and
+one API key's videos take at most ``per_key_concurrency`` of them. A
 worker that refuses, crashes, hangs past its deadline or exceeds its kernel limits
 costs only its own request a refusal: the process is killed by its pid and reaped
 here, and nothing of it is left in the server.
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.video.config import VideoConfig, VideoFormat
@@ -86,6 +87,14 @@ def worker_environment(config: VideoConfig, environ: Mapping[str, str]) -> dict[
     return env
 
 
+class KeyTurns:
+    """One key's share of the workers: how many of its videos may decode at once."""
+
+    def __init__(self, turns: int) -> None:
+        self.semaphore = asyncio.Semaphore(turns)
+        self.holders = 0  # its videos waiting or decoding
+
+
 class VideoDecoder:
     """Runs decode jobs in worker processes, ``max_concurrent`` at a time."""
 
@@ -93,16 +102,23 @@ class VideoDecoder:
         self.config = config
         self.env = worker_environment(config, environ)
         self.slots = asyncio.Semaphore(config.max_concurrent)
+        # API key -> its turns; an entry lives while one of the key's videos is here.
+        self.turns: dict[str, KeyTurns] = {}
 
-    async def decode(self, data: bytes) -> DecodedVideo:
-        """``data`` sampled and encoded; RefusalError for every way it can fail."""
+    async def decode(self, data: bytes, key_name: str | None = None) -> DecodedVideo:
+        """``data`` sampled and encoded; RefusalError for every way it can fail.
+
+        With ``key_name``, the video first waits for one of that key's turns, then for
+        a worker slot: a key's extra videos queue behind its own, not in front of
+        another key's.
+        """
         if len(data) > self.config.max_bytes:
             raise RefusalError(Reason.VIDEO_TOO_LARGE)
         container = sniff_container(data)
         if container is None or container not in self.config.formats:
             raise RefusalError(Reason.VIDEO_FORMAT)
         job = job_for(self.config, container, len(data))
-        async with self.slots:
+        async with self._turn_of(key_name), self.slots:
             output = await self._run(encode_job(job), data)
         try:
             result = decode_message(output)
@@ -113,6 +129,23 @@ class VideoDecoder:
             raise RefusalError(refusal)
         assert not isinstance(result, str)
         return result
+
+    @contextlib.asynccontextmanager
+    async def _turn_of(self, key_name: str | None) -> AsyncIterator[None]:
+        if key_name is None:
+            yield
+            return
+        turns = self.turns.get(key_name)
+        if turns is None:
+            turns = self.turns[key_name] = KeyTurns(self.config.per_key_concurrency)
+        turns.holders += 1
+        try:
+            async with turns.semaphore:
+                yield
+        finally:
+            turns.holders -= 1
+            if turns.holders == 0:
+                del self.turns[key_name]
 
     async def _run(self, header: bytes, data: bytes) -> bytes:
         process = await asyncio.create_subprocess_exec(
