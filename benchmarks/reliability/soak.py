@@ -46,6 +46,7 @@ MODEL = "qwen3-vl-tiny"
 CHAT = "/v1/chat/completions"
 RESULTS = REPO / "benchmarks" / "results" / "soak"
 DRIFT_LINE = "P0/P1 cache drift"
+STARTED_LINE = "Application startup complete"
 RSS_PERIOD_S = 5.0
 # Share of requests per kind (bad inputs cycle through BAD_INPUTS).
 MIX = {"small": 30, "repeated": 30, "photo_12mp": 5, "stream": 15, "bad": 20}
@@ -183,14 +184,15 @@ async def drive(base_url: str, concurrency: int, seconds: float) -> Tally:
 
 
 @contextlib.contextmanager
-def sampling_rss(root_pid: int, samples: list[tuple[float, float]]) -> Iterator[None]:
-    """Sample the RSS (MB) of ``root_pid``'s process tree every RSS_PERIOD_S."""
+def sampling_rss(root_pid: int, samples: list[list[Any]]) -> Iterator[None]:
+    """Every RSS_PERIOD_S: [seconds, tree MB, {process: MB}] of ``root_pid``'s tree."""
     stopped = threading.Event()
     started = time.monotonic()
 
     def sample() -> None:
         while not stopped.wait(RSS_PERIOD_S):
-            samples.append((time.monotonic() - started, tree_rss_mb(root_pid)))
+            parts = tree_rss_mb(root_pid)
+            samples.append([time.monotonic() - started, sum(parts.values()), parts])
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -201,14 +203,18 @@ def sampling_rss(root_pid: int, samples: list[tuple[float, float]]) -> Iterator[
         thread.join()
 
 
-def tree_rss_mb(root_pid: int) -> float:
-    total = 0
+def tree_rss_mb(root_pid: int) -> dict[str, float]:
+    """RSS in MB of each process of the tree, named by its title (``VLLM::EngineCore``)
+    or its command, and its pid."""
+    parts: dict[str, float] = {}
     with contextlib.suppress(psutil.NoSuchProcess):
         root = psutil.Process(root_pid)
         for process in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-                total += process.memory_info().rss
-    return total / 2**20
+                words = process.cmdline() or [process.name()]
+                title = " ".join(Path(word).name for word in words[:3])[:40]
+                parts[f"{title} ({process.pid})"] = process.memory_info().rss / 2**20
+    return parts
 
 
 def run(minutes: float, concurrency: int, overrides: Sequence[str], label: str) -> dict[str, Any]:
@@ -217,7 +223,7 @@ def run(minutes: float, concurrency: int, overrides: Sequence[str], label: str) 
     for override in overrides:
         argv += ["--set", override]
     server = start(f"soak-{label}", (argv, env), port, Path(tempfile.mkdtemp()))
-    samples: list[tuple[float, float]] = []
+    samples: list[list[Any]] = []
     try:
         wait_ready([server])
         with sampling_rss(server.process.pid, samples):
@@ -237,9 +243,17 @@ def run(minutes: float, concurrency: int, overrides: Sequence[str], label: str) 
         "bad_accepted": dict(tally.bad_accepted),
         "server_errors": tally.server_errors,
         "drift_lines": log.count(DRIFT_LINE),
+        "warning_lines": warnings_after_startup(log),
         "health_after": health,
         "rss_mb": samples,
     }
+
+
+def warnings_after_startup(log: str) -> list[str]:
+    """The log's warning lines once the server was up (the first 20)."""
+    _, _, served = log.partition(STARTED_LINE)
+    lines = [line for line in served.splitlines() if "warn" in line.lower()]
+    return lines[:20]
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +263,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     server_errors = sum(n for key, n in statuses.items() if int(key.rsplit(" ", 1)[1]) >= 500)
     samples = result["rss_mb"]
     half = samples[-1][0] / 2 if samples else 0
-    second_half = [rss for at, rss in samples if at >= half]
+    second_half = [sample[1] for sample in samples if sample[0] >= half]
     return {
         "requests": total,
         "server_errors": server_errors,
@@ -257,18 +271,19 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "bad_sent": sum(n for key, n in statuses.items() if key.rsplit(" ", 1)[0] not in MIX),
         "bad_accepted": sum(result["bad_accepted"].values()),
         "drift_lines": result["drift_lines"],
+        "warning_lines": len(result.get("warning_lines", [])),
         "rss_start_mb": samples[0][1] if samples else 0.0,
         "rss_half_mb": second_half[0] if second_half else 0.0,
         "rss_end_mb": samples[-1][1] if samples else 0.0,
-        "rss_peak_mb": max((rss for _, rss in samples), default=0.0),
+        "rss_peak_mb": max((sample[1] for sample in samples), default=0.0),
     }
 
 
 def report(results: list[dict[str, Any]]) -> str:
     rows = [
         "| run | settings | minutes | requests | 5xx | dropped | bad inputs sent / accepted "
-        "| drift lines | RSS at start / half / end (MB) | growth, last half | peak |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| drift lines | warnings | RSS at start / half / end (MB) | growth, last half | peak |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in results:
         s = summary(result)
@@ -276,7 +291,8 @@ def report(results: list[dict[str, Any]]) -> str:
         rows.append(
             f"| {result['label']} | `{flags}` | {result['minutes']:g} | {s['requests']:,} "
             f"| {s['server_errors']} | {s['dropped']} | {s['bad_sent']:,} / {s['bad_accepted']} "
-            f"| {s['drift_lines']} | {s['rss_start_mb']:,.0f} / {s['rss_half_mb']:,.0f} / "
+            f"| {s['drift_lines']} | {s['warning_lines']} "
+            f"| {s['rss_start_mb']:,.0f} / {s['rss_half_mb']:,.0f} / "
             f"{s['rss_end_mb']:,.0f} | {s['rss_end_mb'] - s['rss_half_mb']:+,.0f} MB "
             f"| {s['rss_peak_mb']:,.0f} |"
         )

@@ -220,3 +220,18 @@ def test_image_metrics_are_exposed(tiny_server: RunningServer):
     assert 'qwenvl_images_total{outcome="passthrough"}' in text
     assert "qwenvl_image_normalize_seconds_bucket" in text
     assert base64.b64encode(jpeg).decode()[:40] not in text
+
+
+def test_a_hundred_image_requests_leave_no_warning_in_the_server_log(tiny_server: RunningServer):
+    """Operators' logs stay quiet: no per-request warning (transformers' deprecation of
+    `max_pixels` printed two lines on every image before the launcher sent the pixel
+    cap in its current form)."""
+    logged_before = len(tiny_server.log_path.read_bytes())
+    photos = [synthetic_jpeg(320 + 32 * (n % 4), 240, seed=900 + n, quality=85) for n in range(100)]
+    with httpx.Client(base_url=tiny_server.base_url, timeout=300) as client:
+        for photo in photos:
+            body = chat_body(image_message(photo, "Describe it."))
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+    new_lines = tiny_server.log_path.read_bytes()[logged_before:].decode(errors="replace")
+    warnings = [line for line in new_lines.splitlines() if "warn" in line.lower()]
+    assert warnings == []
