@@ -62,7 +62,11 @@ LAYER_ORDER: tuple[tuple[str, str], ...] = (
     ("images", "checks and normalizes media in the view; the most expensive of the checks"),
     ("video", "after the image layer's request checks; samples video in a worker process"),
     ("cache", "keys on the normalized media bytes; before the edge, so a hit skips vLLM"),
-    ("engine edge", "serializes the view once (or passes the client's bytes); reads answers; vLLM's errors become ours"),
+    (
+        "engine edge",
+        "serializes the view once (or passes the client's bytes); reads answers; "
+        "rewrites vLLM's errors as ours",
+    ),
 )
 
 
