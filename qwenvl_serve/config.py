@@ -132,6 +132,16 @@ class EngineConfig(StrictModel):
             "distinct images arrive. 0 turns it off: repeated images are processed again."
         ),
     )
+    malloc_arena_max: int | None = Field(
+        2,
+        ge=1,
+        description=(
+            "glibc malloc arenas per vLLM process (sets MALLOC_ARENA_MAX). glibc's default, "
+            "8 per core, lets memory fragment under varied images until RSS creeps up for "
+            "good; 2 holds it flat (measured: benchmarks/RESULTS.md, Reliability). Empty: "
+            "glibc's default."
+        ),
+    )
     cpu_kvcache_space_gib: float | None = Field(
         None,
         gt=0,

@@ -55,6 +55,7 @@ RESERVED_ENV: dict[str, str] = {
     "QWENVL_SERVE_CONFIG": "it carries the resolved config to our middleware",
     "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "vLLM never fetches media here",
     "VLLM_CPU_KVCACHE_SPACE": "set `engine.cpu_kvcache_space_gib`",
+    "MALLOC_ARENA_MAX": "set `engine.malloc_arena_max`",
 }
 
 

@@ -117,6 +117,8 @@ def build_vllm_env(config: InstanceConfig) -> dict[str, str]:
     if config.engine.cpu_kvcache_space_gib is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = _number(config.engine.cpu_kvcache_space_gib)
     env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] = "0"  # in case vLLM is ever asked to fetch
+    if config.engine.malloc_arena_max is not None:
+        env["MALLOC_ARENA_MAX"] = str(config.engine.malloc_arena_max)
     env.update(config.engine.env)
     return env
 

@@ -296,7 +296,27 @@ def report(results: list[dict[str, Any]]) -> str:
             f"{s['rss_end_mb']:,.0f} | {s['rss_end_mb'] - s['rss_half_mb']:+,.0f} MB "
             f"| {s['rss_peak_mb']:,.0f} |"
         )
+    rows += ["", "RSS by process (MB) at the start, half-way and the end of each run:", ""]
+    rows += ["| run | process | start | half | end |", "| --- | --- | ---: | ---: | ---: |"]
+    for result in results:
+        for name, (first, half, end) in process_rss(result["rss_mb"]).items():
+            rows.append(f"| {result['label']} | {name} | {first:,.0f} | {half:,.0f} | {end:,.0f} |")
     return "\n".join(rows)
+
+
+def process_rss(samples: list[list[Any]]) -> dict[str, tuple[float, float, float]]:
+    """Each process's RSS at the first sample, the first of the second half, the last
+    (named without its pid; processes under 100 MB left out)."""
+    if not samples or len(samples[0]) < 3:  # runs recorded before per-process sampling
+        return {}
+    half = next(sample for sample in samples if sample[0] >= samples[-1][0] / 2)
+    rows = {}
+    for key, first in samples[0][2].items():
+        name = key.rsplit(" (", 1)[0].strip()
+        end = samples[-1][2].get(key, 0.0)
+        if max(first, end) >= 100:
+            rows[name] = (first, half[2].get(key, 0.0), end)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still stop the server by pid
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.report:
-        runs = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
+        runs = [json.loads(path.read_text()) for path in RESULTS.glob("*.json")]
+        runs.sort(key=lambda run: (run["minutes"], run["label"]))
         results_md = REPO / "benchmarks" / "RESULTS.md"
         results_md.write_text(replace_block(results_md.read_text(), "soak", report(runs)))
         return 0
