@@ -93,17 +93,27 @@ class ApiError:
         return self.body_in(match_path(path).route.error_format)
 
 
+def json_headers(
+    body: bytes, kept: Sequence[tuple[bytes, bytes]] = ()
+) -> list[tuple[bytes, bytes]]:
+    """``kept`` headers (less any content type or length) with those of a JSON ``body``."""
+    return [
+        *[(name, value) for name, value in kept if name.lower() not in _BODY_HEADERS],
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+
+
+_BODY_HEADERS = (b"content-type", b"content-length")
+
+
 async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
     """Answer the request with ``error`` in the format of the route the client called."""
     body = error.body_in(route_of(scope).route.error_format)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *[
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in error.headers
-        ],
+    extra = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers
     ]
+    headers = json_headers(body, extra)
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -42,3 +42,13 @@ def synthetic_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) ->
     buffer = io.BytesIO()
     synthetic_photo(width, height, seed).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def progressive_scan_bomb(repeats: int, side: int = 64) -> bytes:
+    """A progressive JPEG whose last scan is repeated ``repeats`` times: a few kilobytes
+    that cost a decoder one full pass per repeat (for tests and the soak)."""
+    buffer = io.BytesIO()
+    synthetic_photo(side, side, seed=5).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last_scan:-2] * repeats + b"\xff\xd9"

@@ -40,7 +40,7 @@ import psutil
 
 from benchmarks.servers import REPO, free_port, ours_command, start, stop, wait_ready
 from qwenvl_serve.bench.goals import replace_block
-from qwenvl_serve.sample_images import synthetic_jpeg
+from qwenvl_serve.sample_images import progressive_scan_bomb, synthetic_jpeg
 
 MODEL = "qwen3-vl-tiny"
 CHAT = "/v1/chat/completions"
@@ -65,19 +65,6 @@ def chat(*images: str, stream: bool = False, **fields: Any) -> dict[str, Any]:
     return body | fields
 
 
-def scan_bomb() -> bytes:
-    """A progressive JPEG with its last scan repeated 256 times."""
-    import io
-
-    from qwenvl_serve.sample_images import synthetic_photo
-
-    buffer = io.BytesIO()
-    synthetic_photo(64, 64, seed=5).save(buffer, "JPEG", progressive=True, quality=90)
-    data = buffer.getvalue()
-    last_scan = data.rindex(b"\xff\xda")
-    return data[:-2] + data[last_scan:-2] * 256 + b"\xff\xd9"
-
-
 def bad_inputs(server_url: str) -> list[tuple[str, bytes, dict[str, str]]]:
     """(name, body, headers) of requests that must each be refused with a 4xx."""
     small = synthetic_jpeg(320, 240, seed=1)
@@ -90,7 +77,7 @@ def bad_inputs(server_url: str) -> list[tuple[str, bytes, dict[str, str]]]:
         "broken base64": chat("data:image/jpeg;base64,@@@@"),
         "not an image": chat(data_url(b"\x00" * 4096)),
         "truncated jpeg": chat(data_url(small[: len(small) // 2])),
-        "scan bomb": chat(data_url(scan_bomb())),
+        "scan bomb": chat(data_url(progressive_scan_bomb(256))),
         "loopback url": chat(f"{server_url}/health"),
         "vision token in text": chat(
             messages=[{"role": "user", "content": "<|vision_start|><|image_pad|>"}]

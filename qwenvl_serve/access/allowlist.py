@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.access.notes import notes_for
-from qwenvl_serve.api_errors import ApiError, send_error
+from qwenvl_serve.api_errors import ApiError, json_headers, send_error
 from qwenvl_serve.metrics import ServeMetrics
 from qwenvl_serve.routes import OTHER, route_of
 
@@ -54,8 +54,7 @@ async def refuse_websocket(scope: Scope, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1008, "reason": NO_WEBSOCKETS.message})
         return
     body = NO_WEBSOCKETS.body_for_path(scope["path"])
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    start = {"type": "websocket.http.response.start", "status": 404, "headers": headers}
+    start = {"type": "websocket.http.response.start", "status": 404, "headers": json_headers(body)}
     await send(start)
     await send({"type": "websocket.http.response.body", "body": body})
 

@@ -19,6 +19,7 @@ import secrets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenvl_serve.access.notes import request_id_of
+from qwenvl_serve.api_errors import json_headers
 from qwenvl_serve.asgi_body import REQUEST_ID_HEADER, replaying, with_body_length
 from qwenvl_serve.core.engine_errors import ClientName, engine_error, stream_error
 from qwenvl_serve.core.engine_stop import (
@@ -30,7 +31,7 @@ from qwenvl_serve.core.engine_stop import (
 )
 from qwenvl_serve.core.responses import is_event_stream, reading_engine_responses
 from qwenvl_serve.core.view import InferenceRequest, inference_request
-from qwenvl_serve.routes import match_path
+from qwenvl_serve.routes import ErrorFormat, match_path
 
 # Request headers a translated request keeps; credentials stay with the outer layers.
 _FORWARDED_HEADERS = frozenset({b"host", b"user-agent", b"x-request-id", b"traceparent"})
@@ -112,7 +113,13 @@ def rewriting_engine_errors(
             if not message.get("more_body"):
                 error = engine_error(held["status"], b"".join(parts), request_id, names)
                 body = error.body_in(match_path(scope["path"]).route.error_format)
-                await send({**held, "status": error.status, "headers": _json_headers(held, body)})
+                await send(
+                    {
+                        **held,
+                        "status": error.status,
+                        "headers": json_headers(body, held.get("headers", [])),
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
 
     return send_rewritten
@@ -132,22 +139,8 @@ def _rewritten_events(chunk: bytes, request_id: str, client_name: ClientName) ->
                 document = None
             said = document.get("error") if isinstance(document, dict) else None
             error = stream_error(said, request_id, client_name)
-            events[index] = b"data: " + json.dumps(error.openai_body()).encode()
+            events[index] = b"data: " + error.body_in(ErrorFormat.OPENAI)
     return b"\n\n".join(events)
-
-
-def _json_headers(start: Message, body: bytes) -> list[tuple[bytes, bytes]]:
-    """``start``'s headers with the content type and length of a JSON ``body``."""
-    kept = [
-        (name, value)
-        for name, value in start.get("headers", [])
-        if name.lower() not in (b"content-type", b"content-length")
-    ]
-    return [
-        *kept,
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
 
 
 class EngineEdgeMiddleware:

@@ -11,7 +11,7 @@ from qwenvl_serve.images.config import ImagesConfig
 from qwenvl_serve.images.jpeg_structure import MAX_SCANS, jpeg_structure, scan_count
 from qwenvl_serve.images.normalize import Outcome, normalize_image, passthrough_image
 from qwenvl_serve.images.rejections import Reason, RefusalError
-from qwenvl_serve.sample_images import synthetic_jpeg, synthetic_photo
+from qwenvl_serve.sample_images import progressive_scan_bomb, synthetic_jpeg, synthetic_photo
 
 PLAIN = synthetic_jpeg(640, 480, seed=3)
 
@@ -20,13 +20,6 @@ def progressive(width: int = 320, height: int = 256) -> bytes:
     buffer = io.BytesIO()
     synthetic_photo(width, height, seed=5).save(buffer, "JPEG", progressive=True, quality=90)
     return buffer.getvalue()
-
-
-def scan_bomb(repeats: int) -> bytes:
-    """A progressive JPEG whose last scan is repeated: decoders pay for every repeat."""
-    data = progressive(64, 64)
-    last_scan = data.rindex(b"\xff\xda")
-    return data[:-2] + data[last_scan:-2] * repeats + b"\xff\xd9"
 
 
 def test_a_plain_baseline_jpeg_passes_with_its_frame_size():
@@ -64,7 +57,7 @@ def test_a_jpeg_holding_a_stuffed_ff_and_restart_markers_still_passes():
 
 def test_a_scan_bomb_is_refused_before_any_decoding():
     assert scan_count(progressive()) < MAX_SCANS
-    bomb = scan_bomb(MAX_SCANS * 4)
+    bomb = progressive_scan_bomb(MAX_SCANS * 4)
     assert len(bomb) < 200_000
     with pytest.raises(RefusalError) as refused:
         normalize_image(bomb, ImagesConfig())
