@@ -8,11 +8,14 @@ configured name (or ``-``), ``route`` a route name from :mod:`qwenvl_serve.route
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from qwenvl_serve import __version__
+
+_Metric = TypeVar("_Metric", Counter, Histogram)
 
 # From a fast rejection to a long generation.
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -75,3 +78,24 @@ class ServeMetrics:
                 multiprocess_mode="livesum",
             ),
         )
+
+
+@dataclass
+class Children(Generic[_Metric]):
+    """The children of a labelled metric, each looked up once.
+
+    ``metric.labels(...)`` validates the names and takes a lock on every call, a few
+    microseconds that each request would pay several times on the event loop; the
+    label sets are bounded (see the module docstring), and so is this map.
+    """
+
+    metric: _Metric
+    _found: dict[tuple[tuple[str, str], ...], _Metric] = field(default_factory=dict)
+
+    def __call__(self, **labels: str) -> _Metric:
+        """The child for ``labels``."""
+        key = tuple(labels.items())
+        child = self._found.get(key)
+        if child is None:
+            child = self._found[key] = self.metric.labels(**labels)
+        return child

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-ACCESS_LOGGER = "qwenvl_serve.access_log"
 SERVER_LOGGER = "qwenvl_serve.server"
 
 
@@ -57,9 +57,20 @@ def _stdout_logger(name: str, line_format: str) -> logging.Logger:
     return logger
 
 
-def access_logger() -> logging.Logger:
-    """The logger of access lines: each record is one JSON line as is."""
-    return _stdout_logger(ACCESS_LOGGER, "%(message)s")
+def access_line_writer() -> Callable[[str], None]:
+    """Writes one access line to stdout, flushed.
+
+    Not through :mod:`logging`: a record costs ~10 µs to make, filter, lock and format,
+    and every request writes one on the event loop, where a direct write costs ~1 µs.
+    Lines come only from the event loop's thread, so they never interleave.
+    """
+
+    def write(line: str) -> None:
+        stream = sys.stdout  # looked up per line: whoever redirected it last
+        stream.write(line + "\n")
+        stream.flush()
+
+    return write
 
 
 def server_logger() -> logging.Logger:

@@ -32,7 +32,7 @@ from qwenvl_serve.access.notes import final_status, request_id_of
 from qwenvl_serve.access.usage_log import UsageLogWriter, usage_record
 from qwenvl_serve.core.responses import EngineEvent, ResponseWatch, engine_events
 from qwenvl_serve.core.view import InferenceRequest, inference_request
-from qwenvl_serve.metrics import ServeMetrics
+from qwenvl_serve.metrics import Children, ServeMetrics
 
 _SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
@@ -105,6 +105,7 @@ class MeteringMiddleware:
         self.model_name = model_name
         self.prices = metering.prices
         self.metrics = metrics
+        self.tokens = Children(metrics.tokens)
         self.clock = clock
         self.writer = None if metering.usage_log is None else UsageLogWriter(metering.usage_log)
         if self.writer is not None:
@@ -154,12 +155,11 @@ class MeteringMiddleware:
         usage = watch.engine_usage(request.cost)
         source = "cache" if watch.cache_hit else "engine"
         if usage is not None:
-            tokens = self.metrics.tokens
             for kind, count in (
                 ("prompt", usage.prompt_tokens),
                 ("completion", usage.completion_tokens),
             ):
-                tokens.labels(key=key_name, model=self.model_name, type=kind, source=source).inc(
+                self.tokens(key=key_name, model=self.model_name, type=kind, source=source).inc(
                     count
                 )
         if self.writer is None:

@@ -1,19 +1,20 @@
 """A cached answer and its bytes on a backend. Pure.
 
 An entry is vLLM's answer as it came: one JSON body, or the events of an SSE stream,
-replayed one message each. On a backend it is a versioned header line and length-framed
-chunks; anything else (corrupt, foreign, from another version) decodes to None and is
-treated as a miss, then replaced.
+replayed one message each, with the headers our media layers added to it (what the
+images and the video became). On a backend it is a versioned fixed header and
+length-framed fields; anything else (corrupt, foreign, from another version) decodes to
+None and is treated as a miss, then replaced.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 
-MAGIC = b"QVC1\n"
-_LENGTH = struct.Struct(">Q")
+MAGIC = b"QVC2\n"
+_HEADER = struct.Struct(">?dII")  # streamed, created, header pairs, chunks
+_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Entry:
     content_type: bytes
     created: float  # seconds since the epoch
     chunks: tuple[bytes, ...]  # the JSON body, or each SSE event as vLLM sent it
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # our layers' headers on the answer
 
     @property
     def size(self) -> int:
@@ -33,33 +35,34 @@ class Entry:
 
 def encode(entry: Entry) -> bytes:
     """The entry as bytes for a backend."""
-    header = {
-        "streamed": entry.streamed,
-        "content_type": entry.content_type.decode("latin-1"),
-        "created": entry.created,
-        "chunks": len(entry.chunks),
-    }
-    parts = [MAGIC, json.dumps(header).encode(), b"\n"]
-    for chunk in entry.chunks:
-        parts += [_LENGTH.pack(len(chunk)), chunk]
+    fields = [entry.content_type, *(part for pair in entry.headers for part in pair)]
+    parts = [
+        MAGIC,
+        _HEADER.pack(entry.streamed, entry.created, len(entry.headers), len(entry.chunks)),
+    ]
+    for field in (*fields, *entry.chunks):
+        parts += [_LENGTH.pack(len(field)), field]
     return b"".join(parts)
 
 
 def decode(data: bytes) -> Entry | None:
     """The entry ``data`` holds, or None when it is not one of ours, whole."""
-    if not data.startswith(MAGIC):
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _HEADER.size:
         return None
-    end = data.find(b"\n", len(MAGIC))
-    try:
-        header = json.loads(data[len(MAGIC) : end])
-        streamed, count = header["streamed"], header["chunks"]
-        content_type = str(header["content_type"]).encode("latin-1")
-        created = float(header["created"])
-    except (ValueError, KeyError, TypeError):
+    streamed, created, pairs, count = _HEADER.unpack_from(data, len(MAGIC))
+    fields = _framed(data, len(MAGIC) + _HEADER.size, 1 + 2 * pairs + count)
+    if fields is None:
         return None
-    if end < 0 or not isinstance(streamed, bool) or not isinstance(count, int):
+    content_type, chunks = fields[0], tuple(fields[1 + 2 * pairs :])
+    headers = tuple((fields[i], fields[i + 1]) for i in range(1, 1 + 2 * pairs, 2))
+    return Entry(streamed, content_type, created, chunks, headers)
+
+
+def _framed(data: bytes, at: int, count: int) -> list[bytes] | None:
+    """``count`` length-framed fields from ``at`` to exactly the end of ``data``."""
+    if count > len(data):  # a corrupt count: every field takes at least its length
         return None
-    chunks, at = [], end + 1
+    fields = []
     for _ in range(count):
         if at + _LENGTH.size > len(data):
             return None
@@ -67,8 +70,6 @@ def decode(data: bytes) -> Entry | None:
         at += _LENGTH.size
         if at + length > len(data):
             return None
-        chunks.append(data[at : at + length])
+        fields.append(data[at : at + length])
         at += length
-    if at != len(data):
-        return None
-    return Entry(streamed, content_type, created, tuple(chunks))
+    return fields if at == len(data) else None

@@ -1,11 +1,21 @@
-"""The cache layer: answers repeated requests from the result cache, keeps new answers.
+"""The cache layers: answer repeated requests from the result cache, keep new answers.
 
-It stands after the image layer (the key holds the image bytes as normalized) and
-before the engine edge (a hit never reaches vLLM). It stores vLLM's answer as it came,
-with the usage metering asked for, and replays it with the same annotations, so the
-layers outside (metering, limits, the generateContent relay) read a hit like a live
-answer: metering trims the usage to what the client asked for, and a generateContent
-client gets Google's format, JSON or streamed.
+One :class:`ResultCache` (store, single flight, metrics) serves two layers, because a
+request is keyed where the bytes that fix its answer first exist:
+
+- :class:`CacheMiddleware` stands before the media layers. A request whose media are
+  all inline is keyed on its bytes as sent (with the media policy's fingerprint), so a
+  hit skips the image checks, the base64 decode and the video worker. It also answers
+  the purge route and counts the requests it does not cache.
+- :class:`FetchedMediaCacheMiddleware` stands after them, before the engine edge. A
+  request with a remote image or video is keyed on the body vLLM will receive: images
+  as fetched and normalized, never their URL.
+
+A layer stores vLLM's answer as it came, with the usage metering asked for, and replays
+it with the same annotations, so the layers outside (metering, limits, the
+generateContent relay) read a hit like a live answer: metering trims the usage to what
+the client asked for, and a generateContent client gets Google's format, JSON or
+streamed.
 
 Concurrent identical misses make one engine call: the first runs, the others wait for
 its answer and replay it. A backend that fails costs a miss, never an error.
@@ -17,9 +27,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.access.notes import NO_KEY, notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
@@ -28,28 +38,24 @@ from qwenvl_serve.cache.config import CacheConfig
 from qwenvl_serve.cache.entry import Entry, decode, encode
 from qwenvl_serve.cache.metrics import CacheMetrics
 from qwenvl_serve.cache.policy import (
+    AS_ENGINE_GETS,
+    AS_SENT,
     Controls,
+    as_sent,
     cache_key,
-    complete_answer,
     controls_of,
     is_deterministic,
+    media_are_inline,
 )
+from qwenvl_serve.cache.replay import BYPASS, HIT, MISS, Recorder, replay, with_outcome
 from qwenvl_serve.cache.stores import CacheStore, MemoryStore, RedisStore, StoreUnavailableError
-from qwenvl_serve.core.responses import (
-    CACHE_OUTCOME,
-    ENGINE_EVENTS,
-    FROM_ENGINE,
-    EngineEvent,
-    engine_events,
-    is_event_stream,
-)
-from qwenvl_serve.core.sse import event_data
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.routes import CACHE_PURGE, route_of
 
-HIT, MISS, BYPASS = "hit", "miss", "bypass"
-OUTCOME_HEADER = b"x-qwenvl-cache"
 FAILURE_LOG_INTERVAL_S = 10.0
+# Hashing releases the GIL: a body this large is hashed in a thread, off the event loop.
+HASH_OFF_LOOP_BYTES = 1 << 20
+_KEYED_LATER = "qwenvl_serve.cache.keyed_after_media"
 _NOT_ADMIN = ApiError(403, "Only an admin key may purge the cache.", code="purge_forbidden")
 _BAD_PURGE = ApiError(400, 'The body must be {} or {"key": "<key name>"}.', code="invalid_purge")
 
@@ -65,69 +71,63 @@ def store_for(config: CacheConfig, model: str, on_evict: Callable[[], None]) -> 
     return MemoryStore(config.max_bytes, config.ttl_seconds, on_evict)
 
 
-class CacheMiddleware:
-    """The exact-match result cache of one server process."""
+class ResultCache:
+    """The exact-match result cache of one server process, shared by both layers."""
 
     def __init__(
         self,
-        app: ASGIApp,
         config: CacheConfig,
         model: str,
+        policy: str,
         admin_keys: frozenset[str],
         metrics: CacheMetrics,
         store: CacheStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.app = app
         self.config = config
         self.model = model
+        self.policy = policy  # fingerprint of the config that shapes requests (see policy.py)
         self.admin_keys = admin_keys
         self.metrics = metrics
         self.store = store or store_for(config, model, metrics.evictions.inc)
         self.clock = clock
         self.flights: dict[str, asyncio.Future[Entry | None]] = {}
         self._last_failure_log = 0.0
+        self._outcomes = {
+            outcome: metrics.requests.labels(outcome=outcome) for outcome in (HIT, MISS, BYPASS)
+        }
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = inference_request(scope)
-        if request is None:
-            if route_of(scope).name == CACHE_PURGE:
-                await self._purge(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        if not self.config.enabled or not is_deterministic(request.document, self.config.mode):
-            await self._bypass(scope, receive, send)
-            return
-        await self._serve(scope, receive, send, request)
+    def count(self, outcome: str) -> None:
+        """Count one request's outcome."""
+        self._outcomes[outcome].inc()
 
-    async def _bypass(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.config.enabled:
-            self.metrics.requests.labels(outcome=BYPASS).inc()
-            send = with_outcome(send, BYPASS)
-        await self.app(scope, receive, send)
-
-    async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, request: InferenceRequest
-    ) -> None:
-        controls = controls_of(header(scope, b"cache-control"))
+    async def key(
+        self, namespace: str, request: InferenceRequest, material: Sequence[bytes]
+    ) -> str:
+        """The request's entry name (see :func:`cache_key`); large bodies hashed off the loop."""
         shared = self.config.shared or request.key_name == NO_KEY
         scope_name = None if shared else request.key_name
-        name = cache_key(request.engine_path, self.model, scope_name, request.engine_body())
+        arguments = (namespace, self.model, scope_name, material)
+        if sum(len(piece) for piece in material) >= HASH_OFF_LOOP_BYTES:
+            return await asyncio.to_thread(cache_key, *arguments)
+        return cache_key(*arguments)
+
+    async def serve(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, name: str
+    ) -> None:
+        """Answer from the entry ``name``, or run ``app`` and keep its answer."""
+        controls = controls_of(header(scope, b"cache-control"))
         if not controls.no_cache:
             entry = await self._lookup(name, controls)
             if entry is None and name in self.flights:
                 # The same request is running: its answer is this one's.
                 entry = await asyncio.shield(self.flights[name])
             if entry is not None:
-                self.metrics.requests.labels(outcome=HIT).inc()
+                self.count(HIT)
                 await replay(entry, send, self.clock() - entry.created)
                 return
-        self.metrics.requests.labels(outcome=MISS).inc()
-        await self._run_and_keep(scope, receive, send, name, controls)
+        self.count(MISS)
+        await self._run_and_keep(app, scope, receive, send, name, controls)
 
     async def _lookup(self, name: str, controls: Controls) -> Entry | None:
         try:
@@ -143,7 +143,13 @@ class CacheMiddleware:
         return entry
 
     async def _run_and_keep(
-        self, scope: Scope, receive: Receive, send: Send, name: str, controls: Controls
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        controls: Controls,
     ) -> None:
         flight: asyncio.Future[Entry | None] | None = None
         if name not in self.flights:
@@ -152,7 +158,7 @@ class CacheMiddleware:
         recorder = Recorder(self.config.max_entry_bytes, self.clock)
         entry: Entry | None = None
         try:
-            await self.app(scope, receive, recorder.wrap(with_outcome(send, MISS)))
+            await app(scope, receive, recorder.wrap(with_outcome(send, MISS)))
             entry = recorder.entry()
         finally:
             if flight is not None:
@@ -172,7 +178,8 @@ class CacheMiddleware:
         if isinstance(self.store, MemoryStore):
             self.metrics.bytes.set(self.store.bytes)
 
-    async def _purge(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def purge(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin route: drop one key's entries (``{"key": name}``) or all (``{}``)."""
         key_name = notes_for(scope).key_name
         if key_name != NO_KEY and key_name not in self.admin_keys:
             await send_error(scope, send, _NOT_ADMIN)
@@ -212,86 +219,56 @@ class CacheMiddleware:
             )
 
 
-def with_outcome(send: Send, outcome: str) -> Send:
-    """``send`` that marks the response start with the cache's outcome (header and
-    annotation)."""
+class CacheMiddleware:
+    """Before the media layers: keys requests with inline media on their bytes as sent;
+    hands the others to :class:`FetchedMediaCacheMiddleware`."""
 
-    async def send_marked(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [*message.get("headers", []), (OUTCOME_HEADER, outcome.encode())]
-            message = {**message, "headers": headers, CACHE_OUTCOME: outcome}
-        await send(message)
+    def __init__(self, app: ASGIApp, cache: ResultCache) -> None:
+        self.app = app
+        self.cache = cache
 
-    return send_marked
-
-
-class Recorder:
-    """Keeps vLLM's answer as it passes, for the cache: whole and successful, or nothing."""
-
-    def __init__(self, max_bytes: int, clock: Callable[[], float]) -> None:
-        self.max_bytes = max_bytes
-        self.clock = clock
-        self.status: int | None = None
-        self.streamed = False
-        self.content_type = b"application/json"
-        self.events: list[EngineEvent] = []
-        self.size = 0
-        self.ended = False
-
-    def wrap(self, send: Send) -> Send:
-        """``send`` that records what passes."""
-
-        async def send_recorded(message: Message) -> None:
-            self._see(message)
-            await send(message)
-
-        return send_recorded
-
-    def _see(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.streamed = is_event_stream(message)
-            self.content_type = (
-                header({"headers": message.get("headers", [])}, b"content-type") or b""
-            )
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        if message["type"] != "http.response.body":
+        request = inference_request(scope)
+        if request is None:
+            if route_of(scope).name == CACHE_PURGE:
+                await self.cache.purge(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
-        for event in engine_events(message):
-            self.events.append(event)
-            self.size += len(event.raw)
-        self.ended = not message.get("more_body", False)
+        config = self.cache.config
+        if not config.enabled:
+            await self.app(scope, receive, send)
+            return
+        if not is_deterministic(request.document, config.mode):
+            self.cache.count(BYPASS)
+            await self.app(scope, receive, with_outcome(send, BYPASS))
+            return
+        if not media_are_inline(request.media):
+            scope[_KEYED_LATER] = True
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("raw_path") or scope["path"].encode()
+        material = as_sent(request, path, scope.get("query_string", b""))
+        name = await self.cache.key(f"{AS_SENT} {self.cache.policy}", request, material)
+        await self.cache.serve(self.app, scope, receive, send, name)
 
-    def entry(self) -> Entry | None:
-        """The answer to keep, if it may be kept."""
-        if self.status != 200 or not self.ended or self.size > self.max_bytes:
-            return None
-        if not self.events or not complete_answer(self.events):
-            return None
-        chunks = tuple(event.raw for event in self.events)
-        return Entry(self.streamed, self.content_type, self.clock(), chunks)
 
+class FetchedMediaCacheMiddleware:
+    """After the media layers: keys the requests with remote media on the body vLLM
+    will receive (their images as fetched and normalized)."""
 
-async def replay(entry: Entry, send: Send, age: float) -> None:
-    """Answer with ``entry``, annotated as vLLM's answers are, one message per event."""
-    headers = [
-        (b"content-type", entry.content_type),
-        (OUTCOME_HEADER, HIT.encode()),
-        (b"age", str(max(0, int(age))).encode()),
-    ]
-    if not entry.streamed:
-        headers.append((b"content-length", str(entry.size).encode()))
-    start = {"type": "http.response.start", "status": 200, "headers": headers}
-    await send({**start, FROM_ENGINE: True, CACHE_OUTCOME: HIT})
-    if not entry.streamed:
-        body = entry.chunks[0]
-        await send(
-            {"type": "http.response.body", "body": body, ENGINE_EVENTS: [EngineEvent(body, body)]}
-        )
-        return
-    for raw in entry.chunks:
-        event = EngineEvent(raw, event_data(raw), streamed=True)
-        await send(
-            {"type": "http.response.body", "body": raw, "more_body": True, ENGINE_EVENTS: [event]}
-        )
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    def __init__(self, app: ASGIApp, cache: ResultCache) -> None:
+        self.app = app
+        self.cache = cache
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = inference_request(scope)
+        if request is None or not scope.get(_KEYED_LATER):
+            await self.app(scope, receive, send)
+            return
+        material = [request.engine_body()]
+        name = await self.cache.key(f"{AS_ENGINE_GETS} {request.engine_path}", request, material)
+        await self.cache.serve(self.app, scope, receive, send, name)

@@ -1,15 +1,26 @@
 """Which requests the cache answers, under which key, and which answers it keeps. Pure.
 
-The key is built from the request exactly as vLLM will receive it: the engine route, the
-served model, the body vLLM gets (text, every field, and images as the bytes our image
-layer produced, never their URL) and, unless entries are shared, the caller's key name.
-Hashing those bytes rather than a canonical form costs one pass of sha256 and no
+A key hashes, besides the served model and (unless entries are shared) the caller's key
+name, bytes that fix vLLM's answer, in one of two ways:
+
+- **As the client sent it**, for a request whose media are all inline (``data:`` URLs):
+  the client's path, query and body with the fields our outer layers set, and a
+  fingerprint of the media policy. The media layers turn the same bytes under the same
+  policy into the same engine body, so a hit skips them (no base64 decode, no image
+  check, no video worker).
+- **As vLLM will receive it**, for a request with a remote image or video: the body our
+  media layers produced, images as their fetched and normalized bytes, never their URL
+  (a changed image behind one URL is another key).
+
+Hashing bytes rather than a canonical form costs one pass of sha256 and no
 serialization; two spellings of one request are two entries, never a wrong answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +28,16 @@ from pydantic import TypeAdapter, ValidationError
 
 from qwenvl_serve.cache.config import CacheMode
 from qwenvl_serve.core.responses import EngineEvent
+from qwenvl_serve.core.view import InferenceRequest
+from qwenvl_serve.images.chat_request import MediaPart
 
-KEY_VERSION = "1"  # bump when the key's recipe changes: old entries are then never read
+KEY_VERSION = "2"  # bump when the key's recipe changes: old entries are then never read
 SHARED_SCOPE = "_shared"  # no key name starts with "_", so this scope is nobody's
 _NUMBER = TypeAdapter(float)
 _INTEGER = TypeAdapter(int)
 _UNFINISHED = frozenset({"abort", "error"})
+_URL_KEYS = {"image": "image_url", "video": "video_url"}
+AS_SENT, AS_ENGINE_GETS = "as-sent", "as-engine-gets"  # the two ways of keying a request
 
 
 @dataclass(frozen=True)
@@ -63,14 +78,51 @@ def is_deterministic(document: dict[str, Any], mode: CacheMode) -> bool:
     return greedy or _lax(_INTEGER, document.get("seed")) is not None
 
 
-def cache_key(engine_path: str, model: str, key_name: str | None, engine_body: bytes) -> str:
+def cache_key(namespace: str, model: str, key_name: str | None, material: Sequence[bytes]) -> str:
     """The entry name of a request: ``<scope>:<sha256>``, the scope being the caller's
-    key name, or :data:`SHARED_SCOPE` when ``key_name`` is None (shared entries)."""
+    key name, or :data:`SHARED_SCOPE` when ``key_name`` is None (shared entries).
+
+    ``namespace`` says how ``material`` was taken (:data:`AS_SENT` with the media
+    policy's fingerprint, or :data:`AS_ENGINE_GETS` with the engine route); each piece
+    of ``material`` is length-framed, so no two sequences hash alike.
+    """
     digest = hashlib.sha256()
-    for part in (KEY_VERSION, engine_path, model, key_name or ""):
+    for part in (KEY_VERSION, namespace, model, key_name or ""):
         digest.update(part.encode() + b"\0")
-    digest.update(engine_body)
+    for piece in material:
+        digest.update(b"%d\0" % len(piece))
+        digest.update(piece)
     return f"{SHARED_SCOPE if key_name is None else key_name}:{digest.hexdigest()}"
+
+
+def media_are_inline(media: Iterable[MediaPart]) -> bool:
+    """Whether every media part is an image or video given inline (a ``data:`` URL), so
+    the request's bytes fix what the media layers make of it. Anything else (a remote
+    URL, another kind, a malformed part) is keyed after the media layers."""
+    for part in media:
+        key = _URL_KEYS.get(part.kind)
+        value = part.part.get(key) if key else None
+        if isinstance(value, dict):
+            value = value.get("url")
+        if not isinstance(value, str) or not value.startswith("data:"):
+            return False
+    return True
+
+
+def as_sent(request: InferenceRequest, path: bytes, query: bytes) -> list[bytes]:
+    """The key material of a request as the client sent it: its path and query (they
+    choose the API family, the model and streaming), its body, and the top-level fields
+    our outer layers set on it."""
+    overrides = json.dumps(request.overrides, separators=(",", ":")).encode()
+    return [path, query, request.original, overrides]
+
+
+def policy_fingerprint(sections: Mapping[str, object]) -> str:
+    """A digest of what shapes a request between this layer and vLLM (the media policy,
+    the API translation, the code's version), JSON values by name: entries made under
+    another policy are never read, so no answer outlives the checks it passed."""
+    canonical = json.dumps(sections, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def complete_answer(events: list[EngineEvent]) -> bool:

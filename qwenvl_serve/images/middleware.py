@@ -51,6 +51,7 @@ from qwenvl_serve.images.normalize import (
 )
 from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.images.reserved_tokens import check_completion_request
+from qwenvl_serve.metrics import Children
 from qwenvl_serve.routes import COMPLETIONS_PATH
 
 NORMALIZED_SIZES_HEADER = b"x-qwenvl-normalized-images"
@@ -121,6 +122,7 @@ class ImageNormalizationMiddleware:
         self.config = config.images
         self.rules = rules_from_config(config)
         self.metrics = ImageMetrics.create(registry)
+        self.images_by_outcome = Children(self.metrics.images)
         self.fetcher = RemoteImageFetcher(FetchPolicy.from_config(config.images), resolver)
         self.pool = ThreadPoolExecutor(
             max_workers=config.images.worker_threads, thread_name_prefix="qwenvl-images"
@@ -227,7 +229,7 @@ class ImageNormalizationMiddleware:
             self.metrics.normalize_seconds.observe(time.perf_counter() - started)
 
     def _count(self, image: NormalizedImage) -> None:
-        self.metrics.images.labels(outcome=image.outcome.value).inc()
+        self.images_by_outcome(outcome=image.outcome.value).inc()
         self.metrics.bytes_in.inc(image.input_bytes)
         self.metrics.bytes_out.inc(len(image.data))
         self.metrics.pixels_in.inc(image.input_pixels)

@@ -26,13 +26,19 @@ from collections.abc import Mapping
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from qwenvl_serve import __version__
 from qwenvl_serve.access.allowlist import RouteAllowlistMiddleware
 from qwenvl_serve.access.auth import AuthMiddleware
 from qwenvl_serve.access.limits import LimitsMiddleware
 from qwenvl_serve.access.metering import MeteringMiddleware
 from qwenvl_serve.asgi_body import BodyPace
 from qwenvl_serve.cache.metrics import CacheMetrics
-from qwenvl_serve.cache.middleware import CacheMiddleware
+from qwenvl_serve.cache.middleware import (
+    CacheMiddleware,
+    FetchedMediaCacheMiddleware,
+    ResultCache,
+)
+from qwenvl_serve.cache.policy import policy_fingerprint
 from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.core.engine_edge import EngineEdgeMiddleware
 from qwenvl_serve.core.families import families_from_config
@@ -59,9 +65,17 @@ LAYER_ORDER: tuple[tuple[str, str], ...] = (
     ("intake", "reads and parses the body once; translates API families to one view"),
     ("limits", "bounds cost, admits by key and instance from the view; body arrived"),
     ("metering", "inside the translation: sees OpenAI answers only; asks for stream usage"),
+    (
+        "cache",
+        "before the media layers: a request with inline media is keyed on its bytes, "
+        "so a hit skips the media work and vLLM",
+    ),
     ("images", "checks and normalizes media in the view; the most expensive of the checks"),
     ("video", "after the image layer's request checks; samples video in a worker process"),
-    ("cache", "keys on the normalized media bytes; before the edge, so a hit skips vLLM"),
+    (
+        "cache, fetched media",
+        "a request with remote media is keyed on the body vLLM gets (images as fetched)",
+    ),
     (
         "engine edge",
         "serializes the view once (or passes the client's bytes); reads answers; "
@@ -80,6 +94,19 @@ def config_from_environment(environ: Mapping[str, str]) -> InstanceConfig:
     return InstanceConfig.model_validate_json(payload)
 
 
+def media_policy(config: InstanceConfig) -> str:
+    """The fingerprint of what the layers between the cache and vLLM do to a request."""
+    return policy_fingerprint(
+        {
+            "version": __version__,
+            "images": config.images.model_dump(mode="json"),
+            "video": config.video.model_dump(mode="json"),
+            "generate_content": config.generate_content.model_dump(mode="json"),
+            "media_limits": config.engine_media_limits,
+        }
+    )
+
+
 def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistry) -> ASGIApp:
     """Wrap vLLM's ``app`` in our layers: :data:`LAYER_ORDER` says why in this order.
 
@@ -88,11 +115,18 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
     metrics = ServeMetrics.create(config.public_model_name, registry)
     app = EngineEdgeMiddleware(app)
     admins = frozenset(key.name for key in config.auth.keys if key.admin)
-    cache_metrics = CacheMetrics.create(registry)
-    app = CacheMiddleware(app, config.cache, config.public_model_name, admins, cache_metrics)
+    cache = ResultCache(
+        config.cache,
+        config.public_model_name,
+        media_policy(config),
+        admins,
+        CacheMetrics.create(registry),
+    )
+    app = FetchedMediaCacheMiddleware(app, cache)
     if config.video.enabled:
         app = VideoMiddleware(app, config, registry)
     app = ImageNormalizationMiddleware(app, config, registry)
+    app = CacheMiddleware(app, cache)
     hit_factor = config.cache.hit_price_factor
     app = MeteringMiddleware(
         app,

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qwenvl_serve.access.logs import access_log_line, access_logger
+from qwenvl_serve.access.logs import access_line_writer, access_log_line
 from qwenvl_serve.access.notes import RequestNotes, final_status, notes_for, request_id_of
 from qwenvl_serve.core.responses import ResponseWatch, Usage
 from qwenvl_serve.core.view import inference_request
-from qwenvl_serve.metrics import ServeMetrics
+from qwenvl_serve.metrics import Children, ServeMetrics
 from qwenvl_serve.routes import route_of
 
 LogLine = Callable[[str], None]
@@ -36,7 +36,9 @@ class ObserveMiddleware:
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.log_line = log_line if log_line is not None else access_logger().info
+        self.requests = Children(metrics.requests)
+        self.durations = Children(metrics.duration)
+        self.log_line = log_line if log_line is not None else access_line_writer()
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,8 +70,8 @@ class ObserveMiddleware:
         self, scope: Scope, notes: RequestNotes, status: int, usage: Usage | None, elapsed: float
     ) -> None:
         route = route_of(scope).name
-        self.metrics.requests.labels(key=notes.key_name, route=route, status=str(status)).inc()
-        self.metrics.duration.labels(route=route).observe(elapsed)
+        self.requests(key=notes.key_name, route=route, status=str(status)).inc()
+        self.durations(route=route).observe(elapsed)
         self.log_line(
             access_log_line(
                 at=datetime.now(UTC),

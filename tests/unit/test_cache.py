@@ -4,7 +4,9 @@ around a stand-in for vLLM (the real engine and Redis: tests/e2e/test_cache.py).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import json
 from typing import Any
 
@@ -15,10 +17,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Receive, Scope, Send
 
 from qwenvl_serve.cache.entry import Entry, decode, encode
-from qwenvl_serve.cache.policy import Controls, cache_key, controls_of, is_deterministic
+from qwenvl_serve.cache.policy import (
+    AS_ENGINE_GETS,
+    AS_SENT,
+    Controls,
+    cache_key,
+    controls_of,
+    is_deterministic,
+    media_are_inline,
+    policy_fingerprint,
+)
 from qwenvl_serve.cache.stores import MemoryStore, StoreUnavailableError
 from qwenvl_serve.config_loading import resolve_config
+from qwenvl_serve.images.chat_request import MediaPart
 from qwenvl_serve.middleware import QwenVLServeMiddleware
+from qwenvl_serve.sample_images import synthetic_photo
 from tests.unit.request_core import whole_body
 
 MODEL = "tiny"
@@ -64,35 +77,76 @@ def test_only_deterministic_requests_are_cached_by_default(fields, greedy, deter
 def test_the_key_changes_with_every_byte_vllm_gets_and_the_caller():
     document = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
     body = json.dumps(document).encode()
-    key = cache_key("/v1/chat/completions", MODEL, "alpha", body)
+    route = f"{AS_ENGINE_GETS} /v1/chat/completions"
+    key = cache_key(route, MODEL, "alpha", [body])
     assert key.startswith("alpha:")
-    assert cache_key("/v1/chat/completions", MODEL, "alpha", bytes(body)) == key
+    assert cache_key(route, MODEL, "alpha", [bytes(body)]) == key
     changes: list[dict[str, Any]] = [{"max_tokens": 3}, {"top_k": 2}, {"messages": []}, {"n": 2}]
     for changed in changes:
         other = json.dumps({**document, **changed}).encode()
-        assert cache_key("/v1/chat/completions", MODEL, "alpha", other) != key
-    assert cache_key("/v1/chat/completions", MODEL, "beta", body) != key
-    assert cache_key("/v1/completions", MODEL, "alpha", body) != key
-    assert cache_key("/v1/chat/completions", "other", "alpha", body) != key
-    assert cache_key("/v1/chat/completions", MODEL, None, body).startswith("_shared:")
-    # The parts are separated: no two (route, model, scope) spell the same prefix.
-    assert cache_key("/v1/chat", "x", "a", body) != cache_key("/v1/cha", "tx", "a", body)
+        assert cache_key(route, MODEL, "alpha", [other]) != key
+    assert cache_key(route, MODEL, "beta", [body]) != key
+    assert cache_key(f"{AS_ENGINE_GETS} /v1/completions", MODEL, "alpha", [body]) != key
+    assert cache_key(f"{AS_SENT} 0123", MODEL, "alpha", [body]) != key
+    assert cache_key(route, "other", "alpha", [body]) != key
+    assert cache_key(route, MODEL, None, [body]).startswith("_shared:")
+    # The parts are separated: no two (route, model, scope) spell the same prefix, and
+    # no two sequences of material hash alike.
+    assert cache_key("/v1/chat", "x", "a", [body]) != cache_key("/v1/cha", "tx", "a", [body])
+    assert cache_key(route, MODEL, "a", [b"ab", b"c"]) != cache_key(
+        route, MODEL, "a", [b"a", b"bc"]
+    )
+
+
+def _parts(*urls: object, kind: str = "image") -> list[MediaPart]:
+    key = {"image": "image_url", "video": "video_url"}.get(kind, kind)
+    return [MediaPart(kind, 0, i, {"type": key, key: url}) for i, url in enumerate(urls)]
+
+
+@pytest.mark.parametrize(
+    ("media", "inline"),
+    [
+        ([], True),
+        (_parts("data:image/png;base64,AAAA", {"url": "data:image/jpeg;base64,AA"}), True),
+        (_parts({"url": "data:video/mp4;base64,AAAA"}, kind="video"), True),
+        (_parts("data:image/png;base64,AAAA", "https://example.com/a.png"), False),
+        (_parts({"url": "http://example.com/v.mp4"}, kind="video"), False),
+        (_parts("DATA:image/png;base64,AAAA"), False),  # not what the image layer decodes
+        (_parts({"url": 3}), False),
+        (_parts(None), False),
+        (_parts("data:audio/wav;base64,AAAA", kind="audio"), False),
+    ],
+)
+def test_only_requests_whose_media_are_all_inline_are_keyed_as_sent(media, inline):
+    assert media_are_inline(media) is inline
+
+
+def test_the_policy_fingerprint_changes_with_any_section():
+    policy = {"images": {"max_pixels": 1}, "video": {"fps": 2}, "version": "1"}
+    assert policy_fingerprint(policy) == policy_fingerprint(dict(reversed(policy.items())))
+    assert policy_fingerprint({**policy, "images": {"max_pixels": 2}}) != policy_fingerprint(policy)
+    assert policy_fingerprint({**policy, "version": "2"}) != policy_fingerprint(policy)
 
 
 # --- entries and stores ---------------------------------------------------------------------
 
 
 def test_entries_round_trip_and_anything_else_decodes_to_none():
-    entry = Entry(True, b"text/event-stream", 12.5, (b"data: a\n\n", b"", b"data: [DONE]\n\n"))
+    headers = ((b"x-qwenvl-normalized-images", b"640x480"), (b"x-qwenvl-video", b""))
+    chunks = (b"data: a\n\n", b"", b"data: [DONE]\n\n")
+    entry = Entry(True, b"text/event-stream", 12.5, chunks, headers)
     data = encode(entry)
     assert decode(data) == entry
+    assert decode(encode(Entry(False, b"", 0.0, (b"{}",)))) == Entry(False, b"", 0.0, (b"{}",))
     for broken in (
         b"",
         b"junk",
         data[:-1],
         data + b"x",
-        data.replace(b"QVC1", b"QVC9"),
-        b"QVC1\n{",
+        data.replace(b"QVC2", b"QVC9"),
+        b"QVC2\n{",
+        data[:5] + b"\xff" * 21 + data[26:],  # counts far beyond the data
+        b"QVC1\n" + data[5:],  # the previous version's entries are misses
     ):
         assert decode(broken) is None
 
@@ -164,10 +218,11 @@ def sse_message(chunk: dict[str, Any]) -> dict[str, Any]:
     return {"type": "http.response.body", "body": data, "more_body": True}
 
 
-def config(**cache: Any):
+def config(images: dict[str, Any] | None = None, **cache: Any):
     return resolve_config(
         {
             "model": "m",
+            "images": images or {},
             "served_model_name": MODEL,
             "auth": {
                 "keys": [
@@ -180,9 +235,11 @@ def config(**cache: Any):
     )
 
 
-def stack(inner: FakeVllm, **cache: Any) -> tuple[httpx.AsyncClient, CollectorRegistry]:
+def stack(
+    inner: FakeVllm, images: dict[str, Any] | None = None, **cache: Any
+) -> tuple[httpx.AsyncClient, CollectorRegistry]:
     registry = CollectorRegistry()
-    app = QwenVLServeMiddleware(inner, config=config(**cache), registry=registry)
+    app = QwenVLServeMiddleware(inner, config=config(images, **cache), registry=registry)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
     return client, registry
 
@@ -220,6 +277,62 @@ async def test_a_repeat_is_a_hit_with_the_same_body_and_is_metered_as_the_cache_
     assert metric(registry, "qwenvl_tokens_total", source="engine") == 9
     assert metric(registry, "qwenvl_tokens_total", source="cache") == 9
     assert metric(registry, "qwenvl_cache_requests_total", outcome="hit") == 1
+
+
+def png_image(width: int = 96) -> bytes:
+    png = io.BytesIO()
+    synthetic_photo(width, 64).save(png, "PNG")  # its noise differs on every call
+    return png.getvalue()
+
+
+def image_chat(png: bytes) -> dict[str, Any]:
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    content = [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": url}]
+    return chat(messages=[{"role": "user", "content": content}])
+
+
+@pytest.mark.anyio
+async def test_an_inline_image_hit_skips_the_image_layer_and_keeps_its_header():
+    inner = FakeVllm()
+    client, registry = stack(inner)
+    image = png_image()
+    async with client:
+        first = await client.post("/v1/chat/completions", json=image_chat(image), headers=auth())
+        second = await client.post("/v1/chat/completions", json=image_chat(image), headers=auth())
+        other = await client.post(
+            "/v1/chat/completions", json=image_chat(png_image()), headers=auth()
+        )
+    assert [first.status_code, second.status_code, other.status_code] == [200] * 3
+    assert [a.headers["x-qwenvl-cache"] for a in (first, second, other)] == ["miss", "hit", "miss"]
+    assert inner.calls == 2
+    assert (
+        second.headers["x-qwenvl-normalized-images"] == first.headers["x-qwenvl-normalized-images"]
+    )
+    assert second.content == first.content
+    # The hit never reached the image layer: two images were handled, not three.
+    assert metric(registry, "qwenvl_images_total") == 2
+
+
+@pytest.mark.anyio
+async def test_entries_made_under_another_media_policy_are_never_read():
+    inner = FakeVllm()
+    client, _ = stack(inner)
+    other_client, _ = stack(inner, images={"jpeg_quality": 70})
+    store = find_layer(client._transport.app, "CacheMiddleware").cache.store  # type: ignore[attr-defined]
+    find_layer(other_client._transport.app, "CacheMiddleware").cache.store = store  # type: ignore[attr-defined]
+    image = png_image()
+    async with client, other_client:
+        await client.post("/v1/chat/completions", json=image_chat(image), headers=auth())
+        under_other = await other_client.post(
+            "/v1/chat/completions", json=image_chat(image), headers=auth()
+        )
+        text = await other_client.post("/v1/chat/completions", json=chat(), headers=auth())
+        text_again = await client.post("/v1/chat/completions", json=chat(), headers=auth())
+    assert under_other.headers["x-qwenvl-cache"] == "miss"
+    assert [text.headers["x-qwenvl-cache"], text_again.headers["x-qwenvl-cache"]] == [
+        "miss",
+        "miss",
+    ]
 
 
 @pytest.mark.anyio
@@ -345,8 +458,7 @@ async def test_a_failing_backend_is_a_miss_never_an_error(caplog):
     inner = FakeVllm()
     client, registry = stack(inner)
     app = client._transport.app  # type: ignore[attr-defined]
-    cache_layer = find_layer(app, "CacheMiddleware")
-    cache_layer.store = FailingStore()
+    find_layer(app, "CacheMiddleware").cache.store = FailingStore()
     async with client:
         answers = [
             await client.post("/v1/chat/completions", json=chat(), headers=auth()) for _ in range(3)
@@ -360,10 +472,10 @@ async def test_a_failing_backend_is_a_miss_never_an_error(caplog):
 async def test_a_corrupt_entry_is_ignored_and_replaced():
     inner = FakeVllm()
     client, _ = stack(inner)
-    cache_layer = find_layer(client._transport.app, "CacheMiddleware")  # type: ignore[attr-defined]
+    cache = find_layer(client._transport.app, "CacheMiddleware").cache  # type: ignore[attr-defined]
     async with client:
         await client.post("/v1/chat/completions", json=chat(), headers=auth())
-        store = cache_layer.store
+        store = cache.store
         for name in list(store._entries):
             await store.put(name, b"garbage")
         again = await client.post("/v1/chat/completions", json=chat(), headers=auth())
