@@ -8,6 +8,11 @@ fresh worker process, so the figures of one round are taken minutes apart at mos
 A worker drives ``--requests`` requests per case straight through the ASGI stack (no
 HTTP client, no sockets) and reports the process CPU (all threads, so the image pool
 counts) per request. The stand-in engine reads the body and answers a fixed completion.
+
+Cases: a compliant 640x480 JPEG request and a text request, with the result cache off
+(the default); then, for the current tree only, the same with the cache on: every
+request unique (``+ cache miss``: what the cache adds to a request it cannot answer)
+and one request repeated (``+ cache hit``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "qwen3-vl-tiny"
-CASES = ("compliant_image", "text")
+CONTENTS = ("compliant_image", "text")
+CACHE_MODES = ("", " + cache miss", " + cache hit")
+CASES = tuple(content + mode for mode in CACHE_MODES for content in CONTENTS)
 RESULT_ENV = "QWENVL_BENCH_RESULT"
 ANSWER = json.dumps(
     {
@@ -40,11 +47,12 @@ ANSWER = json.dumps(
 ).encode()
 
 
-def request_body(case: str) -> bytes:
+def request_body(case: str, number: int = 0) -> bytes:
     from qwenvl_serve.sample_images import synthetic_jpeg
 
-    content: list[dict[str, Any]] = [{"type": "text", "text": "Describe this image."}]
-    if case == "compliant_image":
+    text = "Describe this image." + (f" ({number})" if number else "")
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if case.startswith("compliant_image"):
         url = "data:image/jpeg;base64," + base64.b64encode(synthetic_jpeg(640, 480, 5)).decode()
         content.append({"type": "image_url", "image_url": {"url": url}})
     document = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
@@ -61,11 +69,12 @@ async def stand_in_engine(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
-async def drive(app: Any, body: bytes, requests: int) -> float:
-    """CPU seconds per request for ``requests`` sequential requests through ``app``."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def drive(app: Any, bodies: list[bytes], requests: int) -> float:
+    """CPU seconds per request for ``requests`` sequential requests through ``app``, the
+    first 20 (warm-up) and then the rest of ``bodies`` in turn."""
 
-    async def one() -> None:
+    async def one(body: bytes) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         delivered = False
 
         async def receive() -> dict[str, Any]:
@@ -91,11 +100,11 @@ async def drive(app: Any, body: bytes, requests: int) -> float:
         if statuses != [200]:
             raise RuntimeError(f"the stack answered {statuses}")
 
-    for _ in range(20):  # warm-up: pools, caches, lazy imports
-        await one()
+    for number in range(20):  # warm-up: pools, caches, lazy imports
+        await one(bodies[number % len(bodies)])
     started = time.process_time()
-    for _ in range(requests):
-        await one()
+    for number in range(requests):
+        await one(bodies[(20 + number) % len(bodies)])
     return (time.process_time() - started) / requests
 
 
@@ -106,9 +115,16 @@ def worker(case: str, requests: int) -> None:
     from qwenvl_serve.config_loading import resolve_config
     from qwenvl_serve.middleware import QwenVLServeMiddleware
 
-    config = resolve_config({"model": "models/qwen3-vl-tiny", "served_model_name": MODEL})
+    settings: dict[str, Any] = {"model": "models/qwen3-vl-tiny", "served_model_name": MODEL}
+    if "cache" in case:
+        settings["cache"] = {"enabled": True}
+    config = resolve_config(settings)
     app = QwenVLServeMiddleware(stand_in_engine, config, CollectorRegistry())
-    per_request = asyncio.run(drive(app, request_body(case), requests))
+    unique = case.endswith("cache miss")
+    bodies = (
+        [request_body(case, n) for n in range(20 + requests)] if unique else [request_body(case)]
+    )
+    per_request = asyncio.run(drive(app, bodies, requests))
     Path(os.environ[RESULT_ENV]).write_text(json.dumps({"cpu_s_per_request": per_request}))
 
 
@@ -141,12 +157,13 @@ def main() -> int:
     samples: dict[str, dict[str, list[float]]] = {case: {n: [] for n in order} for case in CASES}
     for round_number in range(args.rounds):
         for case in CASES:
-            for name in order:
+            # The older trees may predate the result cache: its cases run on this one.
+            for name in order if case in CONTENTS else ["now", "now (A/A)"]:
                 tree = trees[name.removesuffix(" (A/A)")]
                 samples[case][name].append(measure(tree, case, args.requests))
         print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
     report = {
-        case: {name: statistics.median(values) * 1000 for name, values in by_tree.items()}
+        case: {name: statistics.median(values) * 1000 for name, values in by_tree.items() if values}
         for case, by_tree in samples.items()
     }
     args.out.write_text(json.dumps({"median_ms": report, "samples_s": samples}, indent=2) + "\n")
@@ -158,7 +175,8 @@ def main() -> int:
         "|---|" + "---|" * len(order),
     ]
     for case, medians in report.items():
-        lines.append(f"| {case} | " + " | ".join(f"{medians[name]:.3f}" for name in order) + " |")
+        cells = [f"{medians[name]:.3f}" if name in medians else "–" for name in order]
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     if args.report:

@@ -84,13 +84,13 @@ def cache_key(namespace: str, model: str, key_name: str | None, material: Sequen
 
     ``namespace`` says how ``material`` was taken (:data:`AS_SENT` with the media
     policy's fingerprint, or :data:`AS_ENGINE_GETS` with the engine route); each piece
-    of ``material`` is length-framed, so no two sequences hash alike.
+    of ``material`` is framed by the lengths hashed before it, so no two sequences hash
+    alike.
     """
-    digest = hashlib.sha256()
-    for part in (KEY_VERSION, namespace, model, key_name or ""):
-        digest.update(part.encode() + b"\0")
+    lengths = b",".join(b"%d" % len(piece) for piece in material)
+    prefix = "\0".join((KEY_VERSION, namespace, model, key_name or "")).encode()
+    digest = hashlib.sha256(prefix + b"\0" + lengths + b"\0")
     for piece in material:
-        digest.update(b"%d\0" % len(piece))
         digest.update(piece)
     return f"{SHARED_SCOPE if key_name is None else key_name}:{digest.hexdigest()}"
 
@@ -113,8 +113,9 @@ def as_sent(request: InferenceRequest, path: bytes, query: bytes) -> list[bytes]
     """The key material of a request as the client sent it: its path and query (they
     choose the API family, the model and streaming), its body, and the top-level fields
     our outer layers set on it."""
-    overrides = json.dumps(request.overrides, separators=(",", ":")).encode()
-    return [path, query, request.original, overrides]
+    # repr, not JSON: a quarter of the cost, and as exact for JSON values (1, 1.0 and
+    # True stay three spellings).
+    return [path, query, request.original, repr(request.overrides).encode()]
 
 
 def policy_fingerprint(sections: Mapping[str, object]) -> str:
