@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import redis.asyncio as redis_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 KEY_PREFIX = "qwenvl:cache:"
@@ -103,6 +105,9 @@ class RedisStore:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             health_check_interval=0,
+            # One immediate reconnect (a pooled connection gone stale when Redis
+            # restarted), not redis-py's ten with backoff, which the timeout would cut.
+            retry=Retry(NoBackoff(), 1),
         )
 
     async def get(self, name: str) -> bytes | None:

