@@ -1,7 +1,7 @@
 """Server CPU per request: vLLM's API-server process, ours vs bare, paired per round.
 
     .venv/bin/python -m benchmarks.request_core.server_cpu [--rounds 8] [--requests 48]
-        [--before /path/to/an/older/checkout] [--report]
+        [--before /path/to/an/older/checkout] [--pin] [--report]
 
 Servers: bare vLLM with our engine arguments, ours (this checkout) and, with
 ``--before``, ours from another checkout, all at once on loopback ports. Each round
@@ -13,6 +13,12 @@ before and after. Ratios are taken per round and reported as the median, with th
 smallest and largest round. TTFT is the first streamed token, as the client sees it.
 Every request streams 8 tokens at temperature 0 without asking for usage (so ours adds
 and removes its usage chunk, as in production).
+
+With ``--pin`` every API-server process (all its threads) runs on the first CPU and
+everything else (the engines, their workers, this client) on the others, so the
+process measured shares its core with nothing but the idle API servers of the other
+targets: on a small machine the engines' busy-polling otherwise moves its CPU time by
+tens of percent from one pass to the next.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -81,6 +88,23 @@ def api_server_process(server: Server) -> psutil.Process:
         if any(c.status == psutil.CONN_LISTEN and c.laddr.port == server.port for c in listening):
             return process
     raise RuntimeError(f"no process of {server.name} listens on {server.port}")
+
+
+def pin(servers: dict[str, Server], processes: dict[str, psutil.Process]) -> None:
+    """API servers on the first CPU, the rest of every tree and this client on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least two CPUs")
+    first, others = {cpus[0]}, set(cpus[1:])
+    os.sched_setaffinity(0, others)
+    for name, server in servers.items():
+        api = processes[name]
+        root = psutil.Process(server.process.pid)
+        for process in [root, *root.children(recursive=True)]:
+            cpuset = first if process.pid == api.pid else others
+            for thread in process.threads():  # affinity is per thread on Linux
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(thread.id, cpuset)
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -193,7 +217,8 @@ def report(results: dict[str, Any], targets: list[str]) -> str:
         f"{results['date']}. CPU: vLLM's API-server process, ms per request "
         "(median of rounds). Ratios: per round against bare in the same round, median "
         "(smallest–largest round). `bare again` is bare measured a second time in each "
-        "round: the A/A noise floor.",
+        "round: the A/A noise floor."
+        + (" API servers pinned to a CPU of their own (`--pin`)." if results.get("pinned") else ""),
         "",
         "| case | c | bare ms | " + " | ".join(f"{n} ms" for n in compared) + " | "
         + " | ".join(f"{n}/bare" for n in compared) + " | bare again/bare (A/A) | "
@@ -225,6 +250,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--before", type=Path, help="another checkout, served as `before`")
+    parser.add_argument("--pin", action="store_true", help="API servers on a CPU of their own")
     parser.add_argument("--report", action="store_true", help="write the RESULTS.md block")
     parser.add_argument("--scratch", type=Path, default=REPO / "benchmarks" / "out" / "cpu")
     args = parser.parse_args()
@@ -234,6 +260,8 @@ def main() -> int:
     order = ["bare", *(n for n in ("before", "ours") if n in servers), "bare again"]
     try:
         processes = {name: api_server_process(server) for name, server in servers.items()}
+        if args.pin:
+            pin(servers, processes)
         cells: dict[str, Any] = {}
         for case in CASES:  # warm-up: every server has compiled and cached what it will
             for name, server in servers.items():
@@ -260,6 +288,7 @@ def main() -> int:
         "requests": args.requests,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
+        "pinned": args.pin,
         "cells": cells,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
