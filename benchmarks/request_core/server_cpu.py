@@ -245,6 +245,21 @@ def report(results: dict[str, Any], targets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def saved(cells: dict[str, Any], rounds: int, requests: int, pinned: bool) -> dict[str, Any]:
+    """Write the results of the rounds so far to OUT; return them."""
+    results = {
+        "rounds": rounds,
+        "requests": requests,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "pinned": pinned,
+        "cells": cells,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -254,6 +269,8 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="write the RESULTS.md block")
     parser.add_argument("--scratch", type=Path, default=REPO / "benchmarks" / "out" / "cpu")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     # A stop signal unwinds through `finally`, so every server started here is ended.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     servers = start_targets(args.before.resolve() if args.before else None, args.scratch)
@@ -279,20 +296,12 @@ def main() -> int:
                         sample = measure(server, processes[server.name], bodies, c)
                         samples[name] = sample.__dict__
                     cells.setdefault(f"{case}@{c}", {"rounds": []})["rounds"].append(samples)
+            # Kept after every round: a run cut short still leaves its whole rounds.
+            results = saved(cells, round_number + 1, args.requests, args.pin)
             print(f"round {round_number + 1}/{args.rounds}", file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             stop(server)
-    results = {
-        "rounds": args.rounds,
-        "requests": args.requests,
-        "date": time.strftime("%Y-%m-%d"),
-        "cpus": os.cpu_count(),
-        "pinned": args.pin,
-        "cells": cells,
-    }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
     table = report(results, list(servers))
     print(table)
     if args.report:
