@@ -29,14 +29,13 @@ from pydantic import TypeAdapter, ValidationError
 from qwenvl_serve.cache.config import CacheMode
 from qwenvl_serve.core.responses import EngineEvent
 from qwenvl_serve.core.view import InferenceRequest
-from qwenvl_serve.images.chat_request import MediaPart
+from qwenvl_serve.images.chat_request import MediaPart, media_url
 
 KEY_VERSION = "2"  # bump when the key's recipe changes: old entries are then never read
 SHARED_SCOPE = "_shared"  # no key name starts with "_", so this scope is nobody's
 _NUMBER = TypeAdapter(float)
 _INTEGER = TypeAdapter(int)
 _UNFINISHED = frozenset({"abort", "error"})
-_URL_KEYS = {"image": "image_url", "video": "video_url"}
 AS_SENT, AS_ENGINE_GETS = "as-sent", "as-engine-gets"  # the two ways of keying a request
 
 
@@ -100,11 +99,8 @@ def media_are_inline(media: Iterable[MediaPart]) -> bool:
     the request's bytes fix what the media layers make of it. Anything else (a remote
     URL, another kind, a malformed part) is keyed after the media layers."""
     for part in media:
-        key = _URL_KEYS.get(part.kind)
-        value = part.part.get(key) if key else None
-        if isinstance(value, dict):
-            value = value.get("url")
-        if not isinstance(value, str) or not value.startswith("data:"):
+        url = media_url(part.kind, part.part)
+        if url is None or not url.startswith("data:"):
             return False
     return True
 

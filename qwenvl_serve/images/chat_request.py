@@ -225,10 +225,22 @@ def _kind_of(name: str) -> str | None:
     return None
 
 
-def _image_url(part: dict[str, Any], param: str) -> str:
-    value = part.get("image_url")
+_URL_FIELDS = {"image": "image_url", "video": "video_url"}
+
+
+def media_url(kind: str, part: dict[str, Any]) -> str | None:
+    """The URL of an image or video part, in both shapes vLLM reads (``{"image_url":
+    {"url": ...}}`` and ``{"image_url": "..."}``); None when the part has no usable one.
+    Each layer words its own refusal of a None."""
+    field = _URL_FIELDS.get(kind)
+    value = part.get(field) if field else None
     if isinstance(value, dict):
         value = value.get("url")
-    if not isinstance(value, str) or not value:
+    return value if isinstance(value, str) and value else None
+
+
+def _image_url(part: dict[str, Any], param: str) -> str:
+    url = media_url("image", part)
+    if url is None:
         raise RefusalError(Reason.BAD_IMAGE_PART, param)
-    return value
+    return url

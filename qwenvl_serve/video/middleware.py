@@ -24,7 +24,7 @@ from qwenvl_serve.config import InstanceConfig
 from qwenvl_serve.core.client_gone import unless_client_leaves
 from qwenvl_serve.core.responses import with_header
 from qwenvl_serve.core.view import InferenceRequest, inference_request
-from qwenvl_serve.images.chat_request import MediaPart
+from qwenvl_serve.images.chat_request import MediaPart, media_url
 from qwenvl_serve.images.data_url import check_payload_length, decode_payload, parse_data_url
 from qwenvl_serve.images.fetch import FetchPolicy, RemoteImageFetcher, Resolver, system_resolver
 from qwenvl_serve.images.rejections import Reason, RefusalError
@@ -149,9 +149,7 @@ def _video_parts(request: InferenceRequest | None) -> list[MediaPart]:
 
 
 def _video_url(part: dict[str, Any]) -> str:
-    value = part.get("video_url")
-    if isinstance(value, dict):
-        value = value.get("url")
-    if not isinstance(value, str) or not value:
+    url = media_url("video", part)
+    if url is None:
         raise RefusalError(Reason.BAD_VIDEO_PART)
-    return value
+    return url
