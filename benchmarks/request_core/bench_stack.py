@@ -9,7 +9,9 @@ A worker drives ``--requests`` requests per case straight through the ASGI stack
 HTTP client, no sockets) and reports the process CPU (all threads, so the image pool
 counts) per request. The stand-in engine reads the body and answers a fixed completion.
 
-Cases: a compliant 640x480 JPEG request and a text request, with the result cache off
+Cases: a compliant 640x480 JPEG request, a text request, and the text request streamed
+(an answer of 8 tokens, one event per message, shaped as vLLM writes them, with the
+usage the request asks for), with the result cache off
 (the default); then, for the current tree only, the same with the cache on: every
 request unique (``+ cache miss``: what the cache adds to a request it cannot answer)
 and one request repeated (``+ cache hit``).
@@ -32,7 +34,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "qwen3-vl-tiny"
-CONTENTS = ("compliant_image", "text")
+CONTENTS = ("compliant_image", "text", "text streamed")
 CACHE_MODES = ("", " + cache miss", " + cache hit")
 CASES = tuple(content + mode for mode in CACHE_MODES for content in CONTENTS)
 RESULT_ENV = "QWENVL_BENCH_RESULT"
@@ -47,6 +49,49 @@ ANSWER = json.dumps(
 ).encode()
 
 
+STREAMED_TOKENS = 8
+
+
+def _chunk(delta: dict[str, str], finish: str | None, usage: dict[str, int] | None) -> bytes:
+    """One SSE event as vLLM writes a chat chunk (compact JSON, usage last)."""
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    chunk: dict[str, Any] = {
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+        "model": MODEL, "choices": [choice],
+    }  # fmt: skip
+    if usage is not None:
+        chunk["usage"] = usage
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _usage(completion: int) -> dict[str, int]:
+    return {"prompt_tokens": 14, "total_tokens": 14 + completion, "completion_tokens": completion}
+
+
+def _stream(per_chunk: bool) -> list[bytes]:
+    """The events of a streamed answer of STREAMED_TOKENS tokens, with usage on every
+    chunk when ``per_chunk``; the usage-only chunk is added when the request asks."""
+    deltas = [{"role": "assistant", "content": ""}] + [{"content": " a"}] * STREAMED_TOKENS
+    events = [
+        _chunk(delta, None, _usage(number) if per_chunk else None)
+        for number, delta in enumerate(deltas)
+    ]
+    return [*events, _chunk({}, "length", _usage(STREAMED_TOKENS) if per_chunk else None)]
+
+
+# Rendered once: the stand-in's own work must stay out of the figures.
+STREAMS = {per_chunk: _stream(per_chunk) for per_chunk in (False, True)}
+USAGE_ONLY = (
+    b"data: "
+    + json.dumps(
+        {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+         "choices": [], "usage": _usage(STREAMED_TOKENS)},
+        separators=(",", ":"),
+    ).encode()
+    + b"\n\n"
+)  # fmt: skip
+
+
 def request_body(case: str, number: int = 0) -> bytes:
     from qwenvl_serve.sample_images import synthetic_jpeg
 
@@ -56,17 +101,34 @@ def request_body(case: str, number: int = 0) -> bytes:
         url = "data:image/jpeg;base64," + base64.b64encode(synthetic_jpeg(640, 480, 5)).decode()
         content.append({"type": "image_url", "image_url": {"url": url}})
     document = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
-    return json.dumps({**document, "max_tokens": 16, "temperature": 0}).encode()
+    streamed = {"stream": True} if "streamed" in case else {}
+    return json.dumps({**document, "max_tokens": 16, "temperature": 0, **streamed}).encode()
 
 
 async def stand_in_engine(scope: Any, receive: Any, send: Any) -> None:
+    """Answers one completion: JSON, or a stream of vLLM's shape, one message per
+    event as vLLM sends them, with the usage the request's stream_options ask for."""
     if scope["type"] != "http":
         return
-    while (await receive()).get("more_body"):
-        pass
-    headers = [(b"content-type", b"application/json")]
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if b'"stream": true' not in body:  # the client's spelling (json.dumps) in request_body
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": ANSWER})
+        return
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": ANSWER})
+    for event in STREAMS[b'"continuous_usage_stats":true' in body]:
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    if b'"include_usage":true' in body:
+        await send({"type": "http.response.body", "body": USAGE_ONLY, "more_body": True})
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def drive(app: Any, bodies: list[bytes], requests: int) -> float:

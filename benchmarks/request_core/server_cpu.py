@@ -156,7 +156,13 @@ QUIET_S = 1.2
 def measure(server: Server, process: psutil.Process, bodies: list[bytes], c: int) -> Sample:
     time.sleep(QUIET_S)
     before = cpu_seconds(process)
-    ttfts = asyncio.run(load(server.base_url, bodies, c))
+    try:
+        ttfts = asyncio.run(load(server.base_url, bodies, c))
+    except httpx.TransportError as failed:
+        # Name the target and the moment: a dropped connection is a finding, not noise.
+        raise RuntimeError(
+            f"{server.name} at concurrency {c}, {time.strftime('%H:%M:%S')}: {failed!r}"
+        ) from failed
     used = cpu_seconds(process) - before
     return Sample(used / len(bodies) * 1000, statistics.median(ttfts) * 1000)
 

@@ -50,9 +50,13 @@ def with_usage_requested(document: dict[str, Any], per_chunk: bool = True) -> di
 def without_usage(event: EngineEvent) -> bytes:
     """An SSE event's bytes with its chunk's top-level ``usage`` member cut out.
 
-    vLLM writes chunks as compact JSON, so the member is found as those same bytes;
-    anything else is written again from the parsed chunk.
+    vLLM writes chunks as compact JSON with usage last, so the member is cut where it
+    was found (:attr:`EngineEvent.trailing_usage`); anything else is written again
+    from the parsed chunk.
     """
+    trailing = event.trailing_usage
+    if trailing is not None:
+        return event.raw[: trailing[0]] + event.raw[trailing[1] :]
     document = event.document
     if not isinstance(document, dict) or "usage" not in document:
         return event.raw

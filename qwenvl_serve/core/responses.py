@@ -26,6 +26,11 @@ FROM_ENGINE = "qwenvl_serve.from_engine"  # on http.response.start: vLLM answere
 ENGINE_EVENTS = "qwenvl_serve.engine_events"  # on http.response.body: list[EngineEvent]
 CACHE_OUTCOME = "qwenvl_serve.cache"  # on http.response.start: hit, miss or bypass
 _DONE = b"[DONE]"
+_USAGE_KEY = b',"usage":'
+_USAGE_MEMBER = _USAGE_KEY + b"{"
+_NO_CHOICES = b'"choices":[]'
+_CHUNK_END = b"}\n\n"
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,49 @@ class EngineEvent:
         """The usage this event reports, if any."""
         if b'"usage"' not in self.payload:  # most stream events: no parse needed
             return None
+        trailing = self.trailing_usage
+        if trailing is not None:
+            return usage_in({"usage": trailing[2]})
         return usage_in(self.document)
+
+    @cached_property
+    def trailing_usage(self) -> tuple[int, int, Any] | None:
+        """Where a stream event's top-level ``usage`` member lies, read without parsing
+        the chunk: ``(start, stop, value)``, ``raw[start:stop]`` being the member with
+        its comma. vLLM writes each chunk as one ``data:`` line of compact JSON with
+        ``usage`` last, and with usage asked for on every chunk, every chunk has one.
+        None for any other shape (then the whole chunk is parsed).
+
+        ``,"usage":{`` cannot occur inside a JSON string (its quotes would be escaped),
+        and only the chunk's closing brace may follow the usage object, so the member
+        found is the top-level one, and the last of its name (the one json keeps).
+        """
+        raw = self.raw
+        start = raw.rfind(_USAGE_MEMBER) if self.streamed else -1
+        if start < 0:
+            return None
+        value_at = start + len(_USAGE_KEY)
+        try:
+            value, length = _DECODER.raw_decode(raw[value_at:].decode("ascii"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return None
+        stop = value_at + length
+        if raw[stop:] != _CHUNK_END or not raw.startswith(b"data: {"):
+            return None
+        return start, stop, value
 
     @property
     def is_usage_only(self) -> bool:
         """The final OpenAI stream chunk that carries usage and no choices."""
-        document = self.document if self.usage is not None else None
+        if self.usage is None:
+            return False
+        trailing = self.trailing_usage
+        if trailing is not None:
+            if self.raw[: trailing[0]].endswith(_NO_CHOICES):
+                return True
+            if _NO_CHOICES not in self.raw:  # compact JSON: empty choices would read so
+                return False
+        document = self.document
         return isinstance(document, dict) and document.get("choices") == []
 
 
@@ -195,6 +237,9 @@ class ResponseWatch:
                 self._see_choices(event.document)
 
     def _see_usage(self, event: EngineEvent, usage: Usage) -> None:
+        if event.streamed and self.sequences == 1 and not event.is_usage_only:
+            self.choice_usage[0] = usage  # one sequence: its chunks need not be parsed
+            return
         document = event.document
         choices = document.get("choices") if isinstance(document, dict) else None
         if not event.streamed or not isinstance(choices, list) or not choices:

@@ -19,6 +19,8 @@ class SseSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The events ``chunk`` completes, each with its blank-line terminator."""
+        if not self._pending and _one_plain_event(chunk):
+            return [chunk]  # how vLLM sends a stream: one event per chunk
         buffer = self._pending + chunk if self._pending else chunk
         events: list[bytes] = []
         start = 0
@@ -39,8 +41,15 @@ class SseSplitter:
         return rest
 
 
+def _one_plain_event(chunk: bytes) -> bool:
+    """``chunk`` is one event ending in a blank line, with no other line break in it."""
+    return chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 and b"\r" not in chunk
+
+
 def event_data(event: bytes) -> bytes:
     """The event's payload: its ``data:`` lines joined by newlines."""
+    if event.startswith(b"data: ") and _one_plain_event(event):
+        return event[6:-2]  # a single data line, as vLLM writes every event
     return b"\n".join(
         line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")
     )

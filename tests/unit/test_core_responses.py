@@ -220,8 +220,8 @@ def test_a_chunk_spelled_otherwise_is_written_again_without_usage():
     assert json.loads(stripped[6:]) == {k: v for k, v in chunk.items() if k != "usage"}
 
 
-def stream_watch(*chunks: dict[str, Any]) -> ResponseWatch:
-    watch = ResponseWatch()
+def stream_watch(*chunks: dict[str, Any], sequences: int = 2) -> ResponseWatch:
+    watch = ResponseWatch(sequences)
     watch.see(SSE_START)
     events = []
     for chunk in chunks:
@@ -294,3 +294,63 @@ def test_without_chunk_usage_the_choices_seen_producing_output_count_their_promp
     watch.see({**body(b""), ENGINE_EVENTS: events})
     # Choice 1 was aborted before showing any output: its prompt is not counted.
     assert watch.engine_usage(Cost(n=3)) == Usage(18, 4)
+
+
+def _usage(completion: int) -> dict[str, Any]:
+    return {"prompt_tokens": 9, "total_tokens": 9 + completion, "completion_tokens": completion}
+
+
+# Stream chunks in vLLM's shape and in others: the cheap reading of a chunk's usage
+# (from its last member) must agree with parsing the whole chunk, and the usage cut
+# from the bytes must equal the chunk written again without it.
+CHUNK_SHAPES = [
+    vllm_chunk(0, "a", 1),
+    vllm_chunk(0, "a", 1, details=True),
+    vllm_chunk(0, ',"usage":{"prompt_tokens":1}}', 2),  # the member's bytes in a string
+    {"id": "c", "choices": [], "usage": _usage(3)},  # the usage-only chunk
+    {"id": "c", "usage": _usage(3), "choices": []},  # usage not last
+    {"id": "c", "choices": [{"index": 0, "usage": _usage(1)}]},  # nested, none at the top
+    {"id": "c", "choices": [{"index": 0, "delta": {}}], "x": {"usage": _usage(1)}},
+    {"id": "c", "choices": [{"index": 0}], "usage": _usage(1) | {"extra": {"a": [1]}}},
+    {"id": "c", "choices": [{"index": 0}], "usage": None},
+    {"id": "c", "choices": [{"index": 0}], "usage": _usage(1), "é": "x"},
+]
+
+
+@pytest.mark.parametrize("chunk", CHUNK_SHAPES)
+@pytest.mark.parametrize("spaced", [False, True])
+def test_a_chunk_s_usage_reads_the_same_cheaply_as_parsed(chunk, spaced) -> None:
+    separators = (", ", ": ") if spaced else (",", ":")
+    raw = b"data: " + json.dumps(chunk, separators=separators).encode() + b"\n\n"
+    event = EngineEvent(raw, event_data(raw), streamed=True)
+    parsed = EngineEvent(raw, event_data(raw), streamed=True).document
+    assert event.usage == usage_in(parsed)
+    assert event.is_usage_only == (isinstance(parsed, dict) and parsed.get("choices") == [])
+    cut = without_usage(event)
+    rest = {name: value for name, value in parsed.items() if name != "usage"}
+    assert json.loads(event_data(cut)) == rest
+
+
+def test_a_vllm_chunk_s_usage_is_read_without_parsing_the_chunk() -> None:
+    raw = vllm_sse(vllm_chunk(0, "a", 1))
+    event = EngineEvent(raw, event_data(raw), streamed=True)
+    assert event.trailing_usage is not None
+    assert event.usage == Usage(9, 1)
+    assert not event.is_usage_only
+    assert "document" not in event.__dict__  # the cached parse never ran
+    rest = {name: value for name, value in vllm_chunk(0, "a", 1).items() if name != "usage"}
+    assert without_usage(event) == vllm_sse(rest)  # the same bytes, the member cut out
+
+
+@pytest.mark.parametrize(
+    ("chunk", "events"),
+    [
+        (b'data: {"a":1}\n\n', [b'data: {"a":1}\n\n']),
+        (b'data: {"a":1}\n\ndata: [DONE]\n\n', [b'data: {"a":1}\n\n', b"data: [DONE]\n\n"]),
+        (b"data: a\r\n\r\n", [b"data: a\r\n\r\n"]),
+        (b"data: a\ndata: b\n\n", [b"data: a\ndata: b\n\n"]),
+        (b"data: a\n", []),
+    ],
+)
+def test_the_splitter_cuts_events_however_a_chunk_holds_them(chunk, events) -> None:
+    assert SseSplitter().feed(chunk) == events
