@@ -125,7 +125,7 @@ class LimitsMiddleware:
     def _worst_case(self, request: InferenceRequest, within: Bounded) -> int:
         media = request.media
         prompt = prompt_tokens_bound(
-            len(request.original),
+            request.body_size,
             sum(part.chars for part in media),
             len(media),
             self.max_tokens_per_media,

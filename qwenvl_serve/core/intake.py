@@ -148,6 +148,7 @@ class IntakeMiddleware:
             client_fields=family.client_fields,
         )
         attach(scope, request)
+        del body  # the view owns the bytes now, and may release them (mark_changed)
         relay = send if family.relay is None else family.relay(scope, send, match)
         # The body is consumed; inner layers read the view, and the engine edge replays
         # the engine's body in front of the client's later messages (disconnects).

@@ -32,7 +32,8 @@ class InferenceRequest:
     """One inference request, parsed once.
 
     ``document`` is the body in the OpenAI shape of ``engine_path``; ``original`` is the
-    client's bytes, sent to vLLM as they came while nothing changed them.
+    client's bytes, sent to vLLM as they came while nothing changed them, and released
+    (empty) once the document is rewritten; ``body_size`` stays their length.
     """
 
     route: RouteMatch
@@ -45,10 +46,12 @@ class InferenceRequest:
     rewritten: bool = field(default=False, init=False)  # serialize the whole document
     overrides: dict[str, Any] = field(default_factory=dict, init=False)
     cost: Cost = field(init=False)
+    body_size: int = field(init=False)
     _body: bytes | None = field(default=None, init=False, repr=False)  # engine_body, kept
 
     def __post_init__(self) -> None:
         self.rewritten = self.translated
+        self.body_size = len(self.original)
         self.cost = cost_of(self.document, chat=self.engine_path == CHAT_COMPLETIONS_PATH)
 
     @property
@@ -70,8 +73,11 @@ class InferenceRequest:
         return sum(1 for part in self.media if part.kind == "image")
 
     def mark_changed(self) -> None:
-        """``document`` was changed inside: vLLM must get it serialized whole."""
+        """``document`` was (or is about to be) changed inside: vLLM must get it
+        serialized whole. The client's bytes are released then: a request carrying a
+        large video does not hold its body twice while the video waits and decodes."""
         self.rewritten = True
+        self.original = b""
         self._body = None
 
     def override(self, name: str, value: Any) -> None:

@@ -27,13 +27,20 @@ class DataUrl:
 
 def parse_data_url(url: str) -> DataUrl:
     """Split ``data:<type>;base64,<payload>``; anything else is refused."""
-    header, comma, payload = url.partition(",")
-    if not comma or not header.startswith("data:"):
+    media_type, start = data_url_header(url)
+    return DataUrl(media_type=media_type, payload=url[start:])
+
+
+def data_url_header(url: str) -> tuple[str, int]:
+    """The declared media type of ``data:<type>;base64,<payload>`` and where its payload
+    starts, without copying the payload; anything else is refused."""
+    comma = url.find(",")
+    if comma < 0 or not url.startswith("data:"):
         raise RefusalError(Reason.BAD_IMAGE_URL)
-    media_type, _, encoding = header[len("data:") :].rpartition(";")
+    media_type, _, encoding = url[len("data:") : comma].rpartition(";")
     if encoding.lower() != "base64":
         raise RefusalError(Reason.MALFORMED_BASE64)
-    return DataUrl(media_type=media_type, payload=payload)
+    return media_type, comma + 1
 
 
 def max_payload_length(max_bytes: int) -> int:
@@ -43,9 +50,14 @@ def max_payload_length(max_bytes: int) -> int:
 
 def check_payload_length(payload: str, max_bytes: int) -> None:
     """Refuse an oversized or impossible payload from its length alone."""
-    if len(payload) > max_payload_length(max_bytes):
+    check_base64_length(len(payload), max_bytes)
+
+
+def check_base64_length(length: int, max_bytes: int) -> None:
+    """Refuse a payload of ``length`` base64 characters that is too long or impossible."""
+    if length > max_payload_length(max_bytes):
         raise RefusalError(Reason.IMAGE_TOO_LARGE)
-    if not payload or len(payload) % 4:
+    if not length or length % 4:
         raise RefusalError(Reason.MALFORMED_BASE64)
 
 

@@ -10,7 +10,6 @@ video became in ``x-qwenvl-video``. Requests without video pass untouched.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import Any
@@ -25,7 +24,6 @@ from qwenvl_serve.core.client_gone import unless_client_leaves
 from qwenvl_serve.core.responses import with_header
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.images.chat_request import MediaPart, media_url
-from qwenvl_serve.images.data_url import check_payload_length, decode_payload, parse_data_url
 from qwenvl_serve.images.fetch import FetchPolicy, RemoteImageFetcher, Resolver, system_resolver
 from qwenvl_serve.images.rejections import Reason, RefusalError
 from qwenvl_serve.routes import CHAT_COMPLETIONS_PATH
@@ -40,6 +38,7 @@ from qwenvl_serve.video.engine_input import (
 from qwenvl_serve.video.metrics import VideoMetrics
 from qwenvl_serve.video.pool import VideoDecoder
 from qwenvl_serve.video.protocol import DecodedVideo
+from qwenvl_serve.video.source import BufferedVideo, InlineVideo, VideoSource
 
 # Image-worded refusals of the shared data-URL and fetch code, in video words.
 _AS_VIDEO = {
@@ -101,6 +100,9 @@ class VideoMiddleware:
         if len(videos) > self.max_videos:
             raise RefusalError(Reason.TOO_MANY_VIDEOS, videos[self.max_videos].param)
         part = videos[0]
+        # Its URL is replaced below, or the request refused: the client's bytes (the
+        # video's base64 a second time) need not wait in memory with it.
+        request.mark_changed()
         try:
             key = None if request.key_name == NO_KEY else request.key_name
             decoded = await self._decode(_video_url(part.part), key)
@@ -114,25 +116,22 @@ class VideoMiddleware:
         return decoded
 
     async def _decode(self, url: str, key_name: str | None) -> DecodedVideo:
-        data = await self._bytes_of(url)
+        source = await self._source_of(url)
         started = time.perf_counter()
         try:
-            return await self.decoder.decode(data, key_name)
+            return await self.decoder.decode(source, key_name)
         finally:
             self.metrics.decode_seconds.observe(time.perf_counter() - started)
 
-    async def _bytes_of(self, url: str) -> bytes:
+    async def _source_of(self, url: str) -> VideoSource:
         if url.startswith("data:"):
-            payload = parse_data_url(url).payload
-            check_payload_length(payload, self.config.max_bytes)
-            # Decoding tens of MB of base64 would hold the event loop: a thread does it.
-            return await asyncio.to_thread(decode_payload, payload, self.config.max_bytes)
+            return await InlineVideo.open(url, self.config.max_bytes)
         if not url.lower().startswith(("http://", "https://")):
             raise RefusalError(Reason.BAD_VIDEO_URL)
         if not self.remote_urls:
             raise RefusalError(Reason.REMOTE_URLS_DISABLED)
         self.fetcher.check_syntax(url)
-        return await self.fetcher.fetch(url)
+        return BufferedVideo(await self.fetcher.fetch(url))
 
     def _count(self, video: DecodedVideo) -> None:
         self.metrics.videos.labels(outcome="sampled").inc()

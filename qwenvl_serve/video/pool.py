@@ -29,6 +29,7 @@ from qwenvl_serve.video.protocol import (
     encode_job,
 )
 from qwenvl_serve.video.sampling import SamplingRules
+from qwenvl_serve.video.source import BufferedVideo, VideoSource
 
 LOGGER = logging.getLogger(__name__)
 WORKER_MODULE = "qwenvl_serve.video.worker"
@@ -105,21 +106,22 @@ class VideoDecoder:
         # API key -> its turns; an entry lives while one of the key's videos is here.
         self.turns: dict[str, KeyTurns] = {}
 
-    async def decode(self, data: bytes, key_name: str | None = None) -> DecodedVideo:
-        """``data`` sampled and encoded; RefusalError for every way it can fail.
+    async def decode(self, video: bytes | VideoSource, key_name: str | None = None) -> DecodedVideo:
+        """``video`` sampled and encoded; RefusalError for every way it can fail.
 
         With ``key_name``, the video first waits for one of that key's turns, then for
         a worker slot: a key's extra videos queue behind its own, not in front of
         another key's.
         """
-        if len(data) > self.config.max_bytes:
+        source = BufferedVideo(video) if isinstance(video, bytes) else video
+        if source.size > self.config.max_bytes:
             raise RefusalError(Reason.VIDEO_TOO_LARGE)
-        container = sniff_container(data)
+        container = sniff_container(source.head)
         if container is None or container not in self.config.formats:
             raise RefusalError(Reason.VIDEO_FORMAT)
-        job = job_for(self.config, container, len(data))
+        job = job_for(self.config, container, source.size)
         async with self._turn_of(key_name), self.slots:
-            output = await self._run(encode_job(job), data)
+            output = await self._run(encode_job(job), source)
         try:
             result = decode_message(output)
             refusal = Reason[result] if isinstance(result, str) else None
@@ -147,7 +149,7 @@ class VideoDecoder:
             if turns.holders == 0:
                 del self.turns[key_name]
 
-    async def _run(self, header: bytes, data: bytes) -> bytes:
+    async def _run(self, header: bytes, source: VideoSource) -> bytes:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -159,7 +161,7 @@ class VideoDecoder:
         )
         try:
             async with asyncio.timeout(self.config.worker_timeout_seconds):
-                output = await _exchange(process, header, data)
+                output = await _exchange(process, header, source)
                 code = await process.wait()
         except TimeoutError:
             raise RefusalError(Reason.VIDEO_DECODE_TIMEOUT) from None
@@ -172,14 +174,21 @@ class VideoDecoder:
         return output
 
 
-async def _exchange(process: asyncio.subprocess.Process, header: bytes, data: bytes) -> bytes:
-    """Send the job, read the whole answer (empty when the worker died first)."""
+async def _exchange(
+    process: asyncio.subprocess.Process, header: bytes, source: VideoSource
+) -> bytes:
+    """Send the job, read the whole answer (empty when the worker died first).
+
+    One chunk at a time, each drained before the next: what the pipe does not take at
+    once waits in the transport's buffer, which then holds a chunk, not the video.
+    """
     assert process.stdin is not None
     assert process.stdout is not None
     try:
         process.stdin.write(header)
-        process.stdin.write(data)
-        await process.stdin.drain()
+        async for chunk in source.chunks():
+            process.stdin.write(chunk)
+            await process.stdin.drain()
         process.stdin.close()
     except (BrokenPipeError, ConnectionResetError):
         pass  # it died before reading everything: its exit status says so

@@ -89,6 +89,9 @@ def test_an_unchanged_view_gives_the_client_bytes_and_a_changed_one_its_document
     view.document["stream"] = True
     view.mark_changed()
     assert view.engine_body() == b'{"model":"m","messages":[],"stream":true}'
+    # The client's bytes are released once the document stands for them; the size stays.
+    assert view.original == b""
+    assert view.body_size == len(original)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import pytest
 
 from qwenvl_serve.video.config import VideoConfig
 from qwenvl_serve.video.pool import VideoDecoder
+from qwenvl_serve.video.source import VideoSource
 
 MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64
 
@@ -25,8 +26,8 @@ class HeldDecoder(VideoDecoder):
         self.running: list[bytes] = []
         self.release = asyncio.Queue[None]()
 
-    async def _run(self, header: bytes, data: bytes) -> bytes:
-        self.running.append(data)
+    async def _run(self, header: bytes, source: VideoSource) -> bytes:
+        self.running.append(source.head)
         await self.release.get()
         raise asyncio.CancelledError  # the result does not matter here
 
