@@ -107,14 +107,24 @@ def bare_command(
     return argv + without_options(plan.args, drop), env
 
 
-def start(name: str, command: tuple[list[str], dict[str, str]], port: int, log_dir: Path) -> Server:
-    """Start a server in the background (its own session, so stray output stays in its log)."""
+def start(
+    name: str,
+    command: tuple[list[str], dict[str, str]],
+    port: int,
+    log_dir: Path,
+    cwd: Path = REPO,
+) -> Server:
+    """Start a server in the background (its own session, so stray output stays in its log).
+
+    ``cwd`` is also where ``python -m`` finds packages first: a server of another
+    checkout must run there, or it would import this one's code.
+    """
     argv, env = command
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            argv, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
     return Server(name, argv, env, port, log_path, process)

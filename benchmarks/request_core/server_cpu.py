@@ -198,7 +198,7 @@ def start_targets(before: Path | None, log_dir: Path) -> dict[str, Server]:
             port = free_port()
             argv, env = ours_command(port)
             env = {**env, "PYTHONPATH": str(before)}
-            servers["before"] = start("before", (argv, env), port, log_dir)
+            servers["before"] = start("before", (argv, env), port, log_dir, cwd=before)
         wait_ready(list(servers.values()))
     except BaseException:
         for server in servers.values():
