@@ -158,7 +158,7 @@ class ResultCache:
         recorder = Recorder(self.config.max_entry_bytes, self.clock)
         entry: Entry | None = None
         try:
-            await app(scope, receive, recorder.wrap(with_outcome(send, MISS)))
+            await app(scope, recorder.watch(receive), recorder.wrap(with_outcome(send, MISS)))
             entry = recorder.entry()
         finally:
             if flight is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Send
 
 from qwenvl_serve.asgi_body import header
 from qwenvl_serve.cache.entry import Entry
@@ -44,7 +44,12 @@ def with_outcome(send: Send, outcome: str) -> Send:
 
 
 class Recorder:
-    """Keeps vLLM's answer as it passes, for the cache: whole and successful, or nothing."""
+    """Keeps vLLM's answer as it passes, for the cache: whole and successful, or nothing.
+
+    An answer whose client left before its end is nothing, whatever vLLM sends after:
+    the layers inside may still complete it (the engine can finish before it hears of
+    the disconnect), and one cut short must never be replayed as a whole one.
+    """
 
     def __init__(self, max_bytes: int, clock: Callable[[], float]) -> None:
         self.max_bytes = max_bytes
@@ -56,6 +61,18 @@ class Recorder:
         self.events: list[EngineEvent] = []
         self.size = 0
         self.ended = False
+        self.client_left = False
+
+    def watch(self, receive: Receive) -> Receive:
+        """``receive`` that notes a disconnect heard before the answer ended."""
+
+        async def receive_watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not self.ended:
+                self.client_left = True
+            return message
+
+        return receive_watched
 
     def wrap(self, send: Send) -> Send:
         """``send`` that records what passes."""
@@ -87,7 +104,9 @@ class Recorder:
 
     def entry(self) -> Entry | None:
         """The answer to keep, if it may be kept."""
-        if self.status != 200 or not self.ended or self.size > self.max_bytes:
+        if self.status != 200 or not self.ended or self.client_left:
+            return None
+        if self.size > self.max_bytes:
             return None
         if not self.events or not complete_answer(self.events):
             return None

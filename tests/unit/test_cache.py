@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from qwenvl_serve.cache.entry import Entry, decode, encode
 from qwenvl_serve.cache.policy import (
@@ -182,6 +182,7 @@ class FakeVllm:
         self.calls = 0
         self.delay = delay
         self.cut = False
+        self.hears_client_leave = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -205,6 +206,8 @@ class FakeVllm:
             }
             chunk["usage"] = {"prompt_tokens": 7, "completion_tokens": index}  # type: ignore[assignment]
             await send(sse_message(chunk))
+            if self.hears_client_leave:
+                assert (await receive())["type"] == "http.disconnect"
         await send(sse_message({"choices": [], "usage": usage}))
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
@@ -425,6 +428,52 @@ async def test_a_stream_that_did_not_finish_is_not_kept():
         await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
         inner.cut = False
         again = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
+    assert again.headers["x-qwenvl-cache"] == "miss"
+    assert inner.calls == 2
+
+
+@pytest.mark.anyio
+async def test_a_stream_whose_client_left_is_not_kept_even_when_vllm_completes_it():
+    # The engine can finish an answer before it hears that the client left: the answer
+    # then ends whole, with finish_reason stop, and must still not be kept.
+    inner = FakeVllm()
+    inner.hears_client_leave = True
+    app = QwenVLServeMiddleware(inner, config=config(), registry=CollectorRegistry())
+    body = json.dumps(chat(stream=True)).encode()
+    messages: list[Message] = [{"type": "http.request", "body": body}]
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", f"Bearer {ALPHA}".encode())]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [*headers, (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "scheme": "http",
+        "http_version": "1.1",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+    }
+    await app(scope, receive, send)
+    assert not sent[-1].get("more_body", False)  # the answer did end whole
+    inner.hears_client_leave = False
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    async with client:
+        again = await client.post(
+            "/v1/chat/completions",
+            content=body,
+            headers=auth(**{"content-type": "application/json"}),
+        )
     assert again.headers["x-qwenvl-cache"] == "miss"
     assert inner.calls == 2
 
