@@ -115,19 +115,48 @@ class ResultCache:
     async def serve(
         self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, name: str
     ) -> None:
-        """Answer from the entry ``name``, or run ``app`` and keep its answer."""
+        """Answer from the entry ``name``, or run ``app`` and keep its answer.
+
+        A request joins the flight of an identical one already under way (looking the
+        entry up, or running it) before it reads the store itself: a lookup that returns
+        only after the first request's answer was made, but before it was stored, would
+        otherwise run the engine again.
+        """
         controls = controls_of(header(scope, b"cache-control"))
-        if not controls.no_cache:
-            entry = await self._lookup(name, controls)
-            if entry is None and name in self.flights:
-                # The same request is running: its answer is this one's.
-                entry = await asyncio.shield(self.flights[name])
-            if entry is not None:
-                self.count(HIT)
-                await replay(entry, send, self.clock() - entry.created)
+        running = self.flights.get(name)
+        if running is not None:
+            entry = None if controls.no_cache else await asyncio.shield(running)
+            if entry is not None and self._fresh(entry, controls):
+                await self._answer_hit(entry, send)
                 return
-        self.count(MISS)
-        await self._run_and_keep(app, scope, receive, send, name, controls)
+            self.count(MISS)
+            await self._run(app, scope, receive, send)
+            return
+        flight = asyncio.get_running_loop().create_future()
+        self.flights[name] = flight
+        try:
+            entry = None if controls.no_cache else await self._lookup(name, controls)
+            if entry is not None:
+                flight.set_result(entry)
+                await self._answer_hit(entry, send)
+                return
+            self.count(MISS)
+            entry = await self._run(app, scope, receive, send)
+            flight.set_result(entry)
+            if entry is not None and not controls.no_store:
+                await self._keep(name, entry)
+        finally:
+            if not flight.done():
+                flight.set_result(None)
+            # Only now: until the entry is stored, the flight is where it is found.
+            del self.flights[name]
+
+    def _fresh(self, entry: Entry, controls: Controls) -> bool:
+        return controls.max_age is None or self.clock() - entry.created <= controls.max_age
+
+    async def _answer_hit(self, entry: Entry, send: Send) -> None:
+        self.count(HIT)
+        await replay(entry, send, self.clock() - entry.created)
 
     async def _lookup(self, name: str, controls: Controls) -> Entry | None:
         try:
@@ -138,34 +167,13 @@ class ResultCache:
         entry = None if data is None else decode(data)
         if entry is None:
             return None  # none, or not one of ours: the answer will replace it
-        if controls.max_age is not None and self.clock() - entry.created > controls.max_age:
-            return None
-        return entry
+        return entry if self._fresh(entry, controls) else None
 
-    async def _run_and_keep(
-        self,
-        app: ASGIApp,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        name: str,
-        controls: Controls,
-    ) -> None:
-        flight: asyncio.Future[Entry | None] | None = None
-        if name not in self.flights:
-            flight = asyncio.get_running_loop().create_future()
-            self.flights[name] = flight
+    async def _run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Entry | None:
+        """Run ``app``; its answer, if it may be kept."""
         recorder = Recorder(self.config.max_entry_bytes, self.clock)
-        entry: Entry | None = None
-        try:
-            await app(scope, recorder.watch(receive), recorder.wrap(with_outcome(send, MISS)))
-            entry = recorder.entry()
-        finally:
-            if flight is not None:
-                del self.flights[name]
-                flight.set_result(entry)
-        if entry is not None and not controls.no_store:
-            await self._keep(name, entry)
+        await app(scope, recorder.watch(receive), recorder.wrap(with_outcome(send, MISS)))
+        return recorder.entry()
 
     async def _keep(self, name: str, entry: Entry) -> None:
         data = encode(entry)

@@ -491,6 +491,45 @@ async def test_concurrent_identical_misses_make_one_engine_call():
     assert sorted(a.headers["x-qwenvl-cache"] for a in answers) == ["hit"] * 9 + ["miss"]
 
 
+class SlowStore(MemoryStore):
+    """A memory store whose reads after the first, and every write, take a while: as a
+    remote backend's can under load."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 20, 60, lambda: None)
+        self.reads = 0
+
+    async def get(self, name: str) -> bytes | None:
+        self.reads += 1
+        if self.reads > 1:
+            await asyncio.sleep(0.2)
+        return await super().get(name)
+
+    async def put(self, name: str, data: bytes) -> None:
+        await asyncio.sleep(0.3)
+        await super().put(name, data)
+
+
+@pytest.mark.anyio
+async def test_identical_requests_join_a_flight_before_reading_the_store():
+    # The first request's read returns at once and its answer comes in 50 ms; the
+    # others' reads return only after that answer was made but before it was stored.
+    inner = FakeVllm(delay=0.05)
+    client, _ = stack(inner)
+    find_layer(client._transport.app, "CacheMiddleware").cache.store = SlowStore()  # type: ignore[attr-defined]
+    async with client:
+        first = asyncio.ensure_future(
+            client.post("/v1/chat/completions", json=chat(), headers=auth())
+        )
+        await asyncio.sleep(0.01)
+        others = [
+            client.post("/v1/chat/completions", json=chat(), headers=auth()) for _ in range(5)
+        ]
+        answers = await asyncio.gather(first, *others)
+    assert inner.calls == 1
+    assert sorted(a.headers["x-qwenvl-cache"] for a in answers) == ["hit"] * 5 + ["miss"]
+
+
 class FailingStore:
     async def get(self, name: str) -> bytes | None:
         raise StoreUnavailableError("down")
