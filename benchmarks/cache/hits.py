@@ -107,6 +107,11 @@ def ours(port: int, overrides: Sequence[str]) -> tuple[list[str], dict[str, str]
     return argv, env
 
 
+# A CPU vLLM engine busy-polls for about 1 s after its last step: a pause before each
+# cell keeps the previous target's spin (bare's engine, after its own cell) out of it.
+QUIET_S = 1.2
+
+
 def run(seconds: float) -> dict[str, object]:
     directory = Path(tempfile.mkdtemp(prefix="cache-bench-"))
     redis, redis_port = start_redis(directory)
@@ -135,9 +140,11 @@ def run(seconds: float) -> dict[str, object]:
             for connections in CONCURRENCIES:
                 for server in servers:
                     url = f"{server.base_url}/v1/chat/completions"
+                    time.sleep(QUIET_S)
                     rows.append({"request": kind, "target": server.name, "c": connections,
                                  **wrk(url, connections, seconds, script)})  # fmt: skip
                 health = f"{servers[1].base_url}/health"
+                time.sleep(QUIET_S)
                 rows.append({"request": kind, "target": "ours /health", "c": connections,
                              **wrk(health, connections, seconds, None)})  # fmt: skip
         return results
