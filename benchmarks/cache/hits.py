@@ -66,8 +66,14 @@ def image_body() -> dict[str, object]:
     return {**text_body(), "messages": [{"role": "user", "content": content}]}
 
 
+# A CPU vLLM engine busy-polls for about 1 s after its last step: a pause before each
+# cell keeps the previous target's spin (bare's engine, after its own cell) out of it.
+QUIET_S = 1.2
+
+
 def wrk(url: str, connections: int, seconds: float, script: Path | None) -> dict[str, float]:
-    """requests/s and latency percentiles (ms) of one wrk run."""
+    """requests/s and latency percentiles (ms) of one wrk run, after a quiet pause."""
+    time.sleep(QUIET_S)
     argv = ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script)]
@@ -107,11 +113,6 @@ def ours(port: int, overrides: Sequence[str]) -> tuple[list[str], dict[str, str]
     return argv, env
 
 
-# A CPU vLLM engine busy-polls for about 1 s after its last step: a pause before each
-# cell keeps the previous target's spin (bare's engine, after its own cell) out of it.
-QUIET_S = 1.2
-
-
 def run(seconds: float) -> dict[str, object]:
     directory = Path(tempfile.mkdtemp(prefix="cache-bench-"))
     redis, redis_port = start_redis(directory)
@@ -140,11 +141,9 @@ def run(seconds: float) -> dict[str, object]:
             for connections in CONCURRENCIES:
                 for server in servers:
                     url = f"{server.base_url}/v1/chat/completions"
-                    time.sleep(QUIET_S)
                     rows.append({"request": kind, "target": server.name, "c": connections,
                                  **wrk(url, connections, seconds, script)})  # fmt: skip
                 health = f"{servers[1].base_url}/health"
-                time.sleep(QUIET_S)
                 rows.append({"request": kind, "target": "ours /health", "c": connections,
                              **wrk(health, connections, seconds, None)})  # fmt: skip
         return results

@@ -104,9 +104,7 @@ class Recorder:
 
     def entry(self) -> Entry | None:
         """The answer to keep, if it may be kept."""
-        if self.status != 200 or not self.ended or self.client_left:
-            return None
-        if self.size > self.max_bytes:
+        if self.status != 200 or not self.ended or self.client_left or self.size > self.max_bytes:
             return None
         if not self.events or not complete_answer(self.events):
             return None

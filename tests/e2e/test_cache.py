@@ -216,8 +216,9 @@ def test_no_cache_and_no_store(server: RunningServer):
 
 def test_a_stream_the_client_cut_short_leaves_no_entry(server: RunningServer):
     # A stream the server finished writing before it heard the client leave ended
-    # whole and may be kept; so an attempt counts only once vLLM reports the request
-    # aborted, and a new prompt is tried otherwise (a loaded machine can be that slow).
+    # whole and may be kept; so an attempt counts only when the cut request was metered
+    # fewer tokens than it asked (the server heard the client leave and stopped it), and
+    # a new prompt is tried otherwise (a loaded machine can be that slow).
     for attempt in range(CUT_ATTEMPTS):
         body = chat(f"A long tale, take {attempt}.", max_tokens=1500, ignore_eos=True, stream=True)
         completed_before = completion_tokens(server)
