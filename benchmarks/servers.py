@@ -146,6 +146,19 @@ def wait_ready(servers: Sequence[Server], timeout_s: float = STARTUP_TIMEOUT_S) 
         time.sleep(1)
 
 
+def api_server_process(server: Server) -> psutil.Process:
+    """The process of ``server``'s tree that listens on its port: vLLM's API server."""
+    root = psutil.Process(server.process.pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            listening = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == server.port for c in listening):
+            return process
+    raise RuntimeError(f"no process of {server.name} listens on {server.port}")
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """Every process below ``pid`` (none when it is gone)."""
     with contextlib.suppress(psutil.NoSuchProcess):

