@@ -8,11 +8,11 @@ mid-body is seen the same way everywhere.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from starlette.types import Message, Receive, Scope
 
 from qwenvl_serve.api_errors import ApiError
+from qwenvl_serve.body_pace import BodyRead, PaceKeeper
 
 BODY_TOO_LARGE_MESSAGE = "The request body is larger than this server accepts."
 # What a layer answers when read_body refuses a body (413, in the route's format).
@@ -30,24 +30,6 @@ class BodyTooSlowError(Exception):
     """The body did not arrive within its deadline or at its minimum rate."""
 
 
-@dataclass(frozen=True)
-class BodyPace:
-    """How slowly a client may send a body: all of it within ``timeout_s``, and, after
-    the first ``grace_s``, at least ``min_bytes_per_s`` on average (0: no minimum)."""
-
-    timeout_s: float
-    min_bytes_per_s: int
-    grace_s: float = 5.0
-
-    def deadline(self, started: float, received: int) -> float:
-        """When the body is too slow unless more of it arrives first."""
-        overall = started + self.timeout_s
-        if self.min_bytes_per_s <= 0:
-            return overall
-        # received >= rate * (t - started - grace)  <=>  t <= started + grace + received / rate
-        return min(overall, started + self.grace_s + received / self.min_bytes_per_s)
-
-
 REQUEST_ID_HEADER = b"x-request-id"  # the request id every layer and vLLM read
 
 
@@ -63,7 +45,7 @@ def declared_length(scope: Scope) -> int | None:
 
 
 async def read_body(
-    scope: Scope, receive: Receive, limit: int | None = None, pace: BodyPace | None = None
+    scope: Scope, receive: Receive, limit: int | None = None, pace: PaceKeeper | None = None
 ) -> tuple[bytes, Message | None]:
     """The whole body, and the disconnect message if the client left while sending it.
 
@@ -73,23 +55,33 @@ async def read_body(
     """
     if limit is not None and (declared_length(scope) or 0) > limit:
         raise BodyTooLargeError
-    started = asyncio.get_running_loop().time() if pace is not None else 0.0
+    if pace is None:
+        return await _read(receive, limit, None)
+    read = pace.begin()
+    try:
+        return await _read(receive, limit, read)
+    except asyncio.CancelledError:
+        if not read.late:
+            raise
+        read.task.uncancel()  # the keeper's cancellation, not the server's
+        raise BodyTooSlowError from None
+    finally:
+        pace.end(read)
+
+
+async def _read(
+    receive: Receive, limit: int | None, read: BodyRead | None
+) -> tuple[bytes, Message | None]:
     chunks: list[bytes] = []
     received = 0
     while True:
-        if pace is None:
-            message = await receive()
-        else:
-            try:
-                # asyncio.timeout_at: a timer, no extra task, on the hot path.
-                async with asyncio.timeout_at(pace.deadline(started, received)):
-                    message = await receive()
-            except TimeoutError:
-                raise BodyTooSlowError from None
+        message = await receive()
         if message["type"] == "http.disconnect":
             return b"".join(chunks), message
         chunk = message.get("body", b"")
         received += len(chunk)
+        if read is not None:
+            read.received = received
         if limit is not None and received > limit:
             raise BodyTooLargeError
         chunks.append(chunk)

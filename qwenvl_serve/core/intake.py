@@ -22,11 +22,11 @@ from qwenvl_serve.api_errors import RequestRefusedError, send_error
 from qwenvl_serve.asgi_body import (
     BODY_TOO_LARGE,
     BODY_TOO_SLOW,
-    BodyPace,
     BodyTooLargeError,
     BodyTooSlowError,
     read_body,
 )
+from qwenvl_serve.body_pace import PaceKeeper
 from qwenvl_serve.core.families import ApiFamily
 from qwenvl_serve.core.view import InferenceRequest, attach
 from qwenvl_serve.images.rejections import Reason, RefusalError
@@ -107,7 +107,7 @@ class IntakeMiddleware:
         app: ASGIApp,
         families: Mapping[str, ApiFamily],
         max_body_bytes: int,
-        pace: BodyPace | None = None,
+        pace: PaceKeeper | None = None,
     ) -> None:
         self.app = app
         self.families = families

@@ -31,7 +31,7 @@ from qwenvl_serve.access.allowlist import RouteAllowlistMiddleware
 from qwenvl_serve.access.auth import AuthMiddleware
 from qwenvl_serve.access.limits import LimitsMiddleware
 from qwenvl_serve.access.metering import MeteringMiddleware
-from qwenvl_serve.asgi_body import BodyPace
+from qwenvl_serve.body_pace import BodyPace, PaceKeeper
 from qwenvl_serve.cache.metrics import CacheMetrics
 from qwenvl_serve.cache.middleware import (
     CacheMiddleware,
@@ -145,7 +145,9 @@ def build_stack(app: ASGIApp, config: InstanceConfig, registry: CollectorRegistr
         config.engine.max_model_len,
         hit_factor,
     )
-    pace = BodyPace(config.limits.body_timeout_seconds, config.limits.min_body_bytes_per_second)
+    pace = PaceKeeper(
+        BodyPace(config.limits.body_timeout_seconds, config.limits.min_body_bytes_per_second)
+    )
     app = IntakeMiddleware(app, families_from_config(config), config.images.max_request_bytes, pace)
     app = AuthMiddleware(app, config.auth, config.metrics, metrics)
     app = PlaygroundMiddleware(app, config.playground)

@@ -8,7 +8,6 @@ import pytest
 from starlette.types import Message
 
 from qwenvl_serve.asgi_body import (
-    BodyPace,
     BodyTooLargeError,
     BodyTooSlowError,
     declared_length,
@@ -16,6 +15,7 @@ from qwenvl_serve.asgi_body import (
     replaying,
     with_body_length,
 )
+from qwenvl_serve.body_pace import BodyPace, PaceKeeper
 
 
 def scope_with(*headers: tuple[bytes, bytes]) -> dict[str, object]:
@@ -106,20 +106,44 @@ def trickle(chunks: list[bytes], gap_s: float):
 
 @pytest.mark.anyio
 async def test_a_body_slower_than_the_minimum_rate_is_refused():
-    pace = BodyPace(timeout_s=60, min_bytes_per_s=100, grace_s=0.05)
+    pace = PaceKeeper(BodyPace(timeout_s=60, min_bytes_per_s=100, grace_s=0.05), tick_s=0.02)
     with pytest.raises(BodyTooSlowError):
         await read_body(scope_with(), trickle([b"a"] * 50, gap_s=0.05), pace=pace)
 
 
 @pytest.mark.anyio
 async def test_a_body_past_its_deadline_is_refused_however_fast_it_was():
-    pace = BodyPace(timeout_s=0.2, min_bytes_per_s=0)
+    pace = PaceKeeper(BodyPace(timeout_s=0.2, min_bytes_per_s=0), tick_s=0.02)
     with pytest.raises(BodyTooSlowError):
         await read_body(scope_with(), trickle([b"a" * 1000] * 50, gap_s=0.05), pace=pace)
 
 
 @pytest.mark.anyio
 async def test_a_body_within_its_pace_is_read_whole():
-    pace = BodyPace(timeout_s=10, min_bytes_per_s=10, grace_s=1)
+    pace = PaceKeeper(BodyPace(timeout_s=10, min_bytes_per_s=10, grace_s=1), tick_s=0.005)
     body, _ = await read_body(scope_with(), trickle([b"ab", b"cd"], gap_s=0.01), pace=pace)
     assert body == b"abcd"
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_that_is_not_the_keeper_s_stays_a_cancellation():
+    pace = PaceKeeper(BodyPace(timeout_s=60, min_bytes_per_s=0), tick_s=0.01)
+    reading = asyncio.ensure_future(
+        read_body(scope_with(), trickle([b"a"] * 50, gap_s=0.05), pace=pace)
+    )
+    await asyncio.sleep(0.03)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+
+
+@pytest.mark.anyio
+async def test_a_refused_read_leaves_its_task_usable_and_the_keeper_idles_when_none_is_left():
+    pace = PaceKeeper(BodyPace(timeout_s=0.05, min_bytes_per_s=0), tick_s=0.01)
+    with pytest.raises(BodyTooSlowError):
+        await read_body(scope_with(), trickle([b"a"] * 50, gap_s=0.02), pace=pace)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0  # the keeper's cancel was taken back
+    await asyncio.sleep(0.05)  # the task goes on: no cancellation is pending
+    assert not pace.ticking  # nothing left to watch: its task ended
