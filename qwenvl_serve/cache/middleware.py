@@ -18,12 +18,14 @@ the client asked for, and a generateContent client gets Google's format, JSON or
 streamed.
 
 Concurrent identical misses make one engine call: the first runs, the others wait for
-its answer and replay it. A backend that fails costs a miss, never an error.
+its answer and replay it; if the first one's client leaves before its answer, the first
+of the others to wake runs it for the rest. A backend that fails costs a miss, never an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import time
@@ -62,6 +64,15 @@ _BAD_PURGE = ApiError(400, 'The body must be {} or {"key": "<key name>"}.', code
 logger = logging.getLogger("qwenvl_serve.cache")
 
 
+class FlightEnd(enum.Enum):
+    """How a flight ended without an answer to share (None: one that may not be kept)."""
+
+    LEADER_LEFT = "the leading request's client left before its answer"
+
+
+LEADER_LEFT = FlightEnd.LEADER_LEFT
+
+
 def store_for(config: CacheConfig, model: str, on_evict: Callable[[], None]) -> CacheStore:
     """The backend ``config`` names."""
     if config.backend == "redis" and config.redis_url:
@@ -91,7 +102,7 @@ class ResultCache:
         self.metrics = metrics
         self.store = store or store_for(config, model, metrics.evictions.inc)
         self.clock = clock
-        self.flights: dict[str, asyncio.Future[Entry | None]] = {}
+        self.flights: dict[str, asyncio.Future[Entry | FlightEnd | None]] = {}
         self._last_failure_log = 0.0
         self._outcomes = {
             outcome: metrics.requests.labels(outcome=outcome) for outcome in (HIT, MISS, BYPASS)
@@ -120,19 +131,38 @@ class ResultCache:
         A request joins the flight of an identical one already under way (looking the
         entry up, or running it) before it reads the store itself: a lookup that returns
         only after the first request's answer was made, but before it was stored, would
-        otherwise run the engine again.
+        otherwise run the engine again. When the first one's client left before its
+        answer, the first of those waiting leads a new flight and the rest join it.
         """
         controls = controls_of(header(scope, b"cache-control"))
-        running = self.flights.get(name)
-        if running is not None:
-            entry = None if controls.no_cache else await asyncio.shield(running)
-            if entry is not None and self._fresh(entry, controls):
-                await self._answer_hit(entry, send)
+        while not controls.no_cache and (running := self.flights.get(name)) is not None:
+            ended = await asyncio.shield(running)
+            if ended is LEADER_LEFT:
+                continue  # no answer to share: the flight is gone, so one of us leads
+            if isinstance(ended, Entry) and self._fresh(ended, controls):
+                await self._answer_hit(ended, send)
                 return
-            self.count(MISS)
-            await self._run(app, scope, receive, send)
-            return
-        flight = asyncio.get_running_loop().create_future()
+            break  # an answer that may not be kept, or too old for this request
+        else:  # no flight to wait for, or a no-cache request, which never waits
+            if not (controls.no_cache and name in self.flights):
+                await self._lead(app, scope, receive, send, name, controls)
+                return
+        self.count(MISS)  # alone, beside the flight
+        await self._run(app, scope, receive, send)
+
+    async def _lead(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        controls: Controls,
+    ) -> None:
+        """Look the entry up, or run ``app`` and keep its answer, as the flight of ``name``."""
+        flight: asyncio.Future[Entry | FlightEnd | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.flights[name] = flight
         try:
             entry = None if controls.no_cache else await self._lookup(name, controls)
@@ -141,10 +171,10 @@ class ResultCache:
                 await self._answer_hit(entry, send)
                 return
             self.count(MISS)
-            entry = await self._run(app, scope, receive, send)
-            flight.set_result(entry)
-            if entry is not None and not controls.no_store:
-                await self._keep(name, entry)
+            ended = await self._run(app, scope, receive, send)
+            flight.set_result(ended)
+            if isinstance(ended, Entry) and not controls.no_store:
+                await self._keep(name, entry=ended)
         finally:
             if not flight.done():
                 flight.set_result(None)
@@ -169,11 +199,13 @@ class ResultCache:
             return None  # none, or not one of ours: the answer will replace it
         return entry if self._fresh(entry, controls) else None
 
-    async def _run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> Entry | None:
-        """Run ``app``; its answer, if it may be kept."""
+    async def _run(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send
+    ) -> Entry | FlightEnd | None:
+        """Run ``app``; its answer if it may be kept, LEADER_LEFT if the client left first."""
         recorder = Recorder(self.config.max_entry_bytes, self.clock)
         await app(scope, recorder.watch(receive), recorder.wrap(with_outcome(send, MISS)))
-        return recorder.entry()
+        return LEADER_LEFT if recorder.client_left else recorder.entry()
 
     async def _keep(self, name: str, entry: Entry) -> None:
         data = encode(entry)

@@ -183,13 +183,21 @@ class FakeVllm:
         self.delay = delay
         self.cut = False
         self.hears_client_leave = False
+        self.leaving_call: int | None = None  # the call whose client leaves mid-stream
+        self.running = 0
+        self.most_running = 0  # calls under way at once, at most
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         request = json.loads(await whole_body(receive))
         self.calls += 1
-        await asyncio.sleep(self.delay)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.running -= 1
         text = f"answer {self.calls}"
         usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
         if not request.get("stream"):
@@ -206,13 +214,14 @@ class FakeVllm:
             }
             chunk["usage"] = {"prompt_tokens": 7, "completion_tokens": index}  # type: ignore[assignment]
             await send(sse_message(chunk))
-            if self.hears_client_leave:
+            if self.hears_client_leave or self.calls == self.leaving_call:
                 assert (await receive())["type"] == "http.disconnect"
         await send(sse_message({"choices": [], "usage": usage}))
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
 JSON = [(b"content-type", b"application/json")]
+JSON_TYPE = {"content-type": "application/json"}
 SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
 
 
@@ -432,26 +441,10 @@ async def test_a_stream_that_did_not_finish_is_not_kept():
     assert inner.calls == 2
 
 
-@pytest.mark.anyio
-async def test_a_stream_whose_client_left_is_not_kept_even_when_vllm_completes_it():
-    # The engine can finish an answer before it hears that the client left: the answer
-    # then ends whole, with finish_reason stop, and must still not be kept.
-    inner = FakeVllm()
-    inner.hears_client_leave = True
-    app = QwenVLServeMiddleware(inner, config=config(), registry=CollectorRegistry())
-    body = json.dumps(chat(stream=True)).encode()
-    messages: list[Message] = [{"type": "http.request", "body": body}]
-
-    async def receive() -> Message:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
+def chat_scope() -> dict[str, Any]:
+    """The ASGI scope of a JSON chat request with alpha's key, for a raw ASGI call."""
     headers = [(b"authorization", f"Bearer {ALPHA}".encode())]
-    scope = {
+    return {
         "type": "http",
         "method": "POST",
         "path": "/v1/chat/completions",
@@ -464,7 +457,32 @@ async def test_a_stream_whose_client_left_is_not_kept_even_when_vllm_completes_i
         "http_version": "1.1",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
     }
-    await app(scope, receive, send)
+
+
+def leaving_client(body: bytes) -> tuple[Receive, Send, list[Message]]:
+    """receive and send of a client that sends ``body`` and then has left."""
+    messages: list[Message] = [{"type": "http.request", "body": body}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return receive, send, sent
+
+
+@pytest.mark.anyio
+async def test_a_stream_whose_client_left_is_not_kept_even_when_vllm_completes_it():
+    # The engine can finish an answer before it hears that the client left: the answer
+    # then ends whole, with finish_reason stop, and must still not be kept.
+    inner = FakeVllm()
+    inner.hears_client_leave = True
+    app = QwenVLServeMiddleware(inner, config=config(), registry=CollectorRegistry())
+    body = json.dumps(chat(stream=True)).encode()
+    receive, send, sent = leaving_client(body)
+    await app(chat_scope(), receive, send)
     assert not sent[-1].get("more_body", False)  # the answer did end whole
     inner.hears_client_leave = False
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
@@ -489,6 +507,43 @@ async def test_concurrent_identical_misses_make_one_engine_call():
     assert inner.calls == 1
     assert {a.json()["choices"][0]["message"]["content"] for a in answers} == {"answer 1"}
     assert sorted(a.headers["x-qwenvl-cache"] for a in answers) == ["hit"] * 9 + ["miss"]
+
+
+@pytest.mark.anyio
+async def test_when_the_first_client_leaves_one_of_the_waiting_runs_it_for_the_rest():
+    inner = FakeVllm(delay=0.1)
+    inner.leaving_call = 1
+    client, _ = stack(inner)
+    app = client._transport.app  # type: ignore[attr-defined]
+    body = json.dumps(chat(stream=True)).encode()
+    receive, send, _ = leaving_client(body)
+    async with client:
+        first = asyncio.ensure_future(app(chat_scope(), receive, send))
+        await asyncio.sleep(0.02)
+        others = [
+            client.post("/v1/chat/completions", content=body, headers=auth(**JSON_TYPE))
+            for _ in range(5)
+        ]
+        answers = await asyncio.gather(*others)
+        await first
+    assert inner.calls == 2  # the first, cut; then one for the five that waited
+    assert sorted(a.headers["x-qwenvl-cache"] for a in answers) == ["hit"] * 4 + ["miss"]
+    assert {a.text for a in answers} == {answers[0].text}
+
+
+@pytest.mark.anyio
+async def test_waiting_requests_run_side_by_side_when_the_first_answer_may_not_be_kept():
+    inner = FakeVllm(delay=0.1)
+    inner.cut = True  # every answer ends aborted: none may be kept
+    client, _ = stack(inner)
+    request = chat(stream=True)
+    async with client:
+        answers = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=request, headers=auth()) for _ in range(4))
+        )
+    assert inner.calls == 4
+    assert inner.most_running == 3  # the first alone, then the three that waited, at once
+    assert [a.headers["x-qwenvl-cache"] for a in answers] == ["miss"] * 4
 
 
 class SlowStore(MemoryStore):
