@@ -61,10 +61,9 @@ async def read_body(
     try:
         return await _read(receive, limit, read)
     except asyncio.CancelledError:
-        if not read.late:
-            raise
-        read.task.uncancel()  # the keeper's cancellation, not the server's
-        raise BodyTooSlowError from None
+        if read.cancelled_by_keeper_alone():
+            raise BodyTooSlowError from None
+        raise
     finally:
         pace.end(read)
 

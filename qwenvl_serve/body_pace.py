@@ -36,13 +36,19 @@ class BodyPace:
 class BodyRead:
     """One body read under way: when it began, what has arrived, whether it fell behind."""
 
-    __slots__ = ("late", "received", "started", "task")
+    __slots__ = ("cancelling", "late", "received", "started", "task")
 
     def __init__(self, task: asyncio.Task[object], started: float) -> None:
         self.task = task
         self.started = started
         self.received = 0
         self.late = False  # set by the keeper just before it cancels the task
+        self.cancelling = task.cancelling()  # cancellations asked before the read began
+
+    def cancelled_by_keeper_alone(self) -> bool:
+        """On a CancelledError: take back the keeper's cancellation, and say whether it
+        was the only one (else someone else, the server, wants the task cancelled too)."""
+        return self.late and self.task.uncancel() <= self.cancelling
 
 
 class PaceKeeper:

@@ -147,3 +147,21 @@ async def test_a_refused_read_leaves_its_task_usable_and_the_keeper_idles_when_n
     assert task.cancelling() == 0  # the keeper's cancel was taken back
     await asyncio.sleep(0.05)  # the task goes on: no cancellation is pending
     assert not pace.ticking  # nothing left to watch: its task ended
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_that_arrives_with_the_keeper_s_stays_a_cancellation():
+    pace = PaceKeeper(BodyPace(timeout_s=0.02, min_bytes_per_s=0), tick_s=0.01)
+
+    async def receive() -> Message:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # the keeper's; the server asks for one too
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            raise
+        raise AssertionError("unreachable")
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.ensure_future(read_body(scope_with(), receive, pace=pace))
