@@ -135,19 +135,26 @@ class ResultCache:
         answer, the first of those waiting leads a new flight and the rest join it.
         """
         controls = controls_of(header(scope, b"cache-control"))
-        while not controls.no_cache and (running := self.flights.get(name)) is not None:
+        if controls.no_cache:  # never waits: leads when alone, else runs beside the flight
+            if name in self.flights:
+                await self._run_alone(app, scope, receive, send)
+            else:
+                await self._lead(app, scope, receive, send, name, controls)
+            return
+        while (running := self.flights.get(name)) is not None:
             ended = await asyncio.shield(running)
             if ended is LEADER_LEFT:
                 continue  # no answer to share: the flight is gone, so one of us leads
             if isinstance(ended, Entry) and self._fresh(ended, controls):
                 await self._answer_hit(ended, send)
-                return
-            break  # an answer that may not be kept, or too old for this request
-        else:  # no flight to wait for, or a no-cache request, which never waits
-            if not (controls.no_cache and name in self.flights):
-                await self._lead(app, scope, receive, send, name, controls)
-                return
-        self.count(MISS)  # alone, beside the flight
+            else:  # an answer that may not be kept, or too old for this request
+                await self._run_alone(app, scope, receive, send)
+            return
+        await self._lead(app, scope, receive, send, name, controls)
+
+    async def _run_alone(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """A miss run beside the flight of an identical request, its answer not kept."""
+        self.count(MISS)
         await self._run(app, scope, receive, send)
 
     async def _lead(
