@@ -109,7 +109,8 @@ class Recorder:
         if not self.events or not complete_answer(self.events):
             return None
         chunks = tuple(event.raw for event in self.events)
-        return Entry(self.streamed, self.content_type, self.clock(), chunks, self.headers)
+        usage = None if self.streamed else self.events[0].usage  # read as it passed out
+        return Entry(self.streamed, self.content_type, self.clock(), chunks, self.headers, usage)
 
 
 async def replay(entry: Entry, send: Send, age: float) -> None:
@@ -125,10 +126,8 @@ async def replay(entry: Entry, send: Send, age: float) -> None:
     start = {"type": "http.response.start", "status": 200, "headers": headers}
     await send({**start, FROM_ENGINE: True, CACHE_OUTCOME: HIT})
     if not entry.streamed:
-        body = entry.chunks[0]
-        await send(
-            {"type": "http.response.body", "body": body, ENGINE_EVENTS: [EngineEvent(body, body)]}
-        )
+        event = EngineEvent.answered(entry.chunks[0], entry.usage)
+        await send({"type": "http.response.body", "body": event.raw, ENGINE_EVENTS: [event]})
         return
     for raw in entry.chunks:
         event = EngineEvent(raw, event_data(raw), streamed=True)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from starlette.types import Message, Send
 
 from qwenvl_serve.core.cost import Cost
 from qwenvl_serve.core.sse import SseSplitter, event_data
+from qwenvl_serve.lazy import lazy
 
 # Keys our layers add to ASGI messages (servers ignore keys they do not know).
 FROM_ENGINE = "qwenvl_serve.from_engine"  # on http.response.start: vLLM answered
@@ -66,12 +66,20 @@ class EngineEvent:
         self.payload = payload  # the JSON text (an SSE event's data)
         self.streamed = streamed  # one event of an SSE stream, not a whole JSON body
 
+    @classmethod
+    def answered(cls, body: bytes, usage: Usage | None) -> EngineEvent:
+        """A whole JSON body whose ``usage`` was read from these bytes before (a cached
+        answer): it is not parsed again unless a layer asks for the document."""
+        event = cls(body, body)
+        event.__dict__["usage"] = usage  # the value the lazy property would compute
+        return event
+
     @property
     def done(self) -> bool:
         """The ``data: [DONE]`` that ends an OpenAI stream."""
         return self.payload == _DONE
 
-    @cached_property
+    @lazy
     def document(self) -> Any:
         """The parsed JSON payload; None for ``[DONE]`` and unreadable payloads."""
         if self.done or not self.payload:
@@ -81,7 +89,7 @@ class EngineEvent:
         except (ValueError, RecursionError):
             return None
 
-    @cached_property
+    @lazy
     def usage(self) -> Usage | None:
         """The usage this event reports, if any."""
         if b'"usage"' not in self.payload:  # most stream events: no parse needed
@@ -91,7 +99,7 @@ class EngineEvent:
             return usage_in({"usage": trailing[2]})
         return usage_in(self.document)
 
-    @cached_property
+    @lazy
     def trailing_usage(self) -> tuple[int, int, Any] | None:
         """Where a stream event's top-level ``usage`` member lies, read without parsing
         the chunk: ``(start, stop, value)``, ``raw[start:stop]`` being the member with
@@ -237,13 +245,16 @@ class ResponseWatch:
                 self._see_choices(event.document)
 
     def _see_usage(self, event: EngineEvent, usage: Usage) -> None:
-        if event.streamed and self.sequences == 1 and not event.is_usage_only:
+        if not event.streamed:  # a JSON body: its usage is the request's
+            self.usage = usage
+            return
+        if self.sequences == 1 and not event.is_usage_only:
             self.choice_usage[0] = usage  # one sequence: its chunks need not be parsed
             return
         document = event.document
         choices = document.get("choices") if isinstance(document, dict) else None
-        if not event.streamed or not isinstance(choices, list) or not choices:
-            self.usage = usage  # a JSON body, or the stream's usage-only chunk
+        if not isinstance(choices, list) or not choices:
+            self.usage = usage  # the stream's usage-only chunk
             return
         for choice in choices:
             index = choice.get("index") if isinstance(choice, dict) else None

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from starlette.types import Scope
 
 from qwenvl_serve.core.cost import Cost, cost_of
 from qwenvl_serve.images.chat_request import MediaPart, media_parts
+from qwenvl_serve.lazy import lazy
 from qwenvl_serve.routes import CHAT_COMPLETIONS_PATH, RouteMatch
 
 _STATE_ENTRY = "qwenvl_serve.inference_request"
@@ -59,7 +59,7 @@ class InferenceRequest:
         """vLLM must get other bytes than the client sent."""
         return self.rewritten or bool(self.overrides)
 
-    @cached_property
+    @lazy
     def media(self) -> list[MediaPart]:
         """Every media part of the conversation, in request order, with its location."""
         return media_parts(self.document)

@@ -29,6 +29,7 @@ from qwenvl_serve.cache.policy import (
 )
 from qwenvl_serve.cache.stores import MemoryStore, StoreUnavailableError
 from qwenvl_serve.config_loading import resolve_config
+from qwenvl_serve.core.responses import Usage
 from qwenvl_serve.images.chat_request import MediaPart
 from qwenvl_serve.middleware import QwenVLServeMiddleware
 from qwenvl_serve.sample_images import synthetic_photo
@@ -138,15 +139,17 @@ def test_entries_round_trip_and_anything_else_decodes_to_none():
     data = encode(entry)
     assert decode(data) == entry
     assert decode(encode(Entry(False, b"", 0.0, (b"{}",)))) == Entry(False, b"", 0.0, (b"{}",))
+    answered = Entry(False, b"application/json", 1.0, (b"{}",), usage=Usage(314, 2**40))
+    assert decode(encode(answered)) == answered
     for broken in (
         b"",
         b"junk",
         data[:-1],
         data + b"x",
-        data.replace(b"QVC2", b"QVC9"),
-        b"QVC2\n{",
+        data.replace(b"QVC3", b"QVC9"),
+        b"QVC3\n{",
         data[:5] + b"\xff" * 21 + data[26:],  # counts far beyond the data
-        b"QVC1\n" + data[5:],  # the previous version's entries are misses
+        b"QVC2\n" + data[5:],  # the previous version's entries are misses
     ):
         assert decode(broken) is None
 

@@ -165,6 +165,18 @@ def test_failed_answers_report_no_usage():
     assert watch.engine_usage(Cost()) is None
 
 
+def test_a_json_answer_whose_usage_is_known_is_metered_without_a_parse():
+    # A cached answer carries the usage read from its bytes when it was first answered.
+    raw = json.dumps({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+    answered = EngineEvent.answered(raw.encode(), Usage(5, 2))
+    watch = ResponseWatch()
+    watch.see(JSON_START)
+    watch.see({**body(raw.encode(), more=False), ENGINE_EVENTS: [answered]})
+    assert watch.engine_usage(Cost()) == Usage(5, 2)
+    assert "document" not in vars(answered)  # never parsed
+    assert answered.document["usage"]["prompt_tokens"] == 5  # still there when asked
+
+
 def test_our_own_messages_are_not_the_engine_s():
     watch = ResponseWatch()
     watch.see(JSON_START)
