@@ -3,8 +3,8 @@
 An entry is vLLM's answer as it came: one JSON body, or the events of an SSE stream,
 replayed one message each, with the headers our media layers added to it (what the
 images and the video became), and a JSON body's usage as it was read when answered (so
-a hit is metered without parsing the body again). On a backend it is a versioned fixed header and
-length-framed fields; anything else (corrupt, foreign, from another version) decodes to
+a hit is metered without parsing the body again). On a backend it is a versioned fixed
+header and length-framed fields; anything else (corrupt, foreign, from another version) decodes to
 None and is treated as a miss, then replaced.
 """
 
@@ -42,6 +42,7 @@ def encode(entry: Entry) -> bytes:
     """The entry as bytes for a backend."""
     fields = [entry.content_type, *(part for pair in entry.headers for part in pair)]
     usage = entry.usage
+    tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
     parts = [
         MAGIC,
         _HEADER.pack(
@@ -50,8 +51,7 @@ def encode(entry: Entry) -> bytes:
             len(entry.headers),
             len(entry.chunks),
             usage is not None,
-            usage.prompt_tokens if usage is not None else 0,
-            usage.completion_tokens if usage is not None else 0,
+            *tokens,
         ),
     ]
     for field in (*fields, *entry.chunks):
