@@ -12,6 +12,7 @@ Our own error responses carry no annotation, so nothing mistakes them for vLLM's
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,9 @@ _DONE = b"[DONE]"
 _USAGE_KEY = b',"usage":'
 _USAGE_MEMBER = _USAGE_KEY + b"{"
 _NO_CHOICES = b'"choices":[]'
-_CHUNK_END = b"}\n\n"
+# What may follow a chunk's usage object: string members without escapes (vLLM's final
+# usage chunk ends with its ``system_fingerprint``), then the chunk's closing brace.
+_AFTER_USAGE = re.compile(rb'(?:,"[A-Za-z_]+":"[^"\\]*")*}\n\n')
 _DECODER = json.JSONDecoder()
 
 
@@ -52,7 +55,11 @@ def _count(value: object) -> int:
 
 def usage_in(document: object) -> Usage | None:
     """The ``usage`` an OpenAI response object or chunk reports."""
-    usage = document.get("usage") if isinstance(document, dict) else None
+    return _usage_of(document.get("usage") if isinstance(document, dict) else None)
+
+
+def _usage_of(usage: object) -> Usage | None:
+    """A ``usage`` member's value read as :class:`Usage` (None unless an object)."""
     if not isinstance(usage, dict):
         return None
     return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
@@ -96,7 +103,7 @@ class EngineEvent:
             return None
         trailing = self.trailing_usage
         if trailing is not None:
-            return usage_in({"usage": trailing[2]})
+            return _usage_of(trailing[2])
         return usage_in(self.document)
 
     @lazy
@@ -104,12 +111,14 @@ class EngineEvent:
         """Where a stream event's top-level ``usage`` member lies, read without parsing
         the chunk: ``(start, stop, value)``, ``raw[start:stop]`` being the member with
         its comma. vLLM writes each chunk as one ``data:`` line of compact JSON with
-        ``usage`` last, and with usage asked for on every chunk, every chunk has one.
-        None for any other shape (then the whole chunk is parsed).
+        ``usage`` last (on the final usage chunk, before ``system_fingerprint``), and
+        with usage asked for on every chunk, every chunk has one. None for any other
+        shape (then the whole chunk is parsed).
 
         ``,"usage":{`` cannot occur inside a JSON string (its quotes would be escaped),
-        and only the chunk's closing brace may follow the usage object, so the member
-        found is the top-level one, and the last of its name (the one json keeps).
+        and only plain string members and the chunk's closing brace may follow the
+        usage object, so the member found is the top-level one, and the last of its
+        name (the one json keeps).
         """
         raw = self.raw
         start = raw.rfind(_USAGE_MEMBER) if self.streamed else -1
@@ -121,18 +130,18 @@ class EngineEvent:
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return None
         stop = value_at + length
-        if raw[stop:] != _CHUNK_END or not raw.startswith(b"data: {"):
+        if not _AFTER_USAGE.fullmatch(raw, stop) or not raw.startswith(b"data: {"):
             return None
         return start, stop, value
 
-    @property
+    @lazy
     def is_usage_only(self) -> bool:
         """The final OpenAI stream chunk that carries usage and no choices."""
         if self.usage is None:
             return False
         trailing = self.trailing_usage
         if trailing is not None:
-            if self.raw[: trailing[0]].endswith(_NO_CHOICES):
+            if self.raw.endswith(_NO_CHOICES, 0, trailing[0]):
                 return True
             if _NO_CHOICES not in self.raw:  # compact JSON: empty choices would read so
                 return False

@@ -320,6 +320,11 @@ CHUNK_SHAPES = [
     vllm_chunk(0, "a", 1, details=True),
     vllm_chunk(0, ',"usage":{"prompt_tokens":1}}', 2),  # the member's bytes in a string
     {"id": "c", "choices": [], "usage": _usage(3)},  # the usage-only chunk
+    {"id": "c", "choices": [], "usage": _usage(3), "system_fingerprint": "vllm-0.32-ab"},
+    {"id": "c", "choices": [], "usage": _usage(3), "system_fingerprint": 'a"b\\'},
+    {"id": "c", "choices": [], "usage": _usage(3), "a": "x", "b": "y"},
+    {"id": "c", "choices": [], "usage": _usage(3), "system_fingerprint": None},
+    {"id": "c", "choices": [], "usage": _usage(3), "n": 1},
     {"id": "c", "usage": _usage(3), "choices": []},  # usage not last
     {"id": "c", "choices": [{"index": 0, "usage": _usage(1)}]},  # nested, none at the top
     {"id": "c", "choices": [{"index": 0, "delta": {}}], "x": {"usage": _usage(1)}},
@@ -341,6 +346,17 @@ def test_a_chunk_s_usage_reads_the_same_cheaply_as_parsed(chunk, spaced) -> None
     cut = without_usage(event)
     rest = {name: value for name, value in parsed.items() if name != "usage"}
     assert json.loads(event_data(cut)) == rest
+
+
+def test_vllm_s_final_usage_chunk_is_read_without_parsing_it() -> None:
+    final = {"id": "c", "choices": [], "usage": _usage(4), "system_fingerprint": "vllm-0.32-ab"}
+    raw = vllm_sse(final)
+    event = EngineEvent(raw, event_data(raw), streamed=True)
+    assert event.usage == Usage(9, 4)
+    assert event.is_usage_only
+    assert "document" not in event.__dict__  # the cached parse never ran
+    rest = {name: value for name, value in final.items() if name != "usage"}
+    assert without_usage(event) == vllm_sse(rest)
 
 
 def test_a_vllm_chunk_s_usage_is_read_without_parsing_the_chunk() -> None:
