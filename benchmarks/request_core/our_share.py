@@ -1,7 +1,7 @@
 """Our code's share of vLLM's API-server Python time, sampled inside the real server.
 
     .venv/bin/python -m benchmarks.request_core.our_share [--rounds 3] [--seconds 40]
-        [--rate 200] [--report]
+        [--rate 200] [--before /path/to/an/older/checkout] [--report]
 
 The server-CPU table compares whole processes, so machine noise (the engines'
 busy-polling on the same CPUs) lands in every ratio. This benchmark asks a question
@@ -14,7 +14,8 @@ sample is ours when its innermost package frame is ours
 (:mod:`benchmarks.request_core.attribution`). Our share ``s`` bounds what our layers
 add on the event loop: bare vLLM doing the rest would take ``1 - s`` of the time,
 ours/bare ``1 / (1 - s)``; work our layers cause inside vLLM (the usage vLLM writes on
-every chunk for metering) is vLLM's share here and is not counted.
+every chunk for metering) is vLLM's share here and is not counted. With ``--before``,
+another checkout is served beside this one and sampled in turn, window by window.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from benchmarks.request_core.attribution import Attribution, attribute
 from benchmarks.request_core.server_cpu import chat, image_url, load
 from benchmarks.servers import (
     REPO,
+    Server,
     api_server_process,
     free_port,
     ours_command,
@@ -91,19 +93,39 @@ def sample_window(
         return attribute(Path(raw.name).read_text().splitlines()), sent
 
 
+def start_targets(before: Path | None, log_dir: Path) -> dict[str, Server]:
+    """This checkout's server and, with ``before``, one of that checkout (run from its
+    own directory, so that ``python -m`` imports its package)."""
+    checkouts = {"ours": REPO} | ({"before": before} if before is not None else {})
+    servers: dict[str, Server] = {}
+    try:
+        for name, checkout in checkouts.items():
+            port = free_port()
+            argv, env = ours_command(port)
+            env = {**env, "PYTHONPATH": str(checkout)}
+            servers[name] = start(name, (argv, env), port, log_dir, cwd=checkout)
+        wait_ready(list(servers.values()))
+    except BaseException:
+        for server in servers.values():
+            stop(server)
+        raise
+    return servers
+
+
 def report(results: dict[str, Any]) -> str:
-    """The RESULTS.md block: per case, our share by round and our top modules."""
+    """The RESULTS.md block: per case and target, our share by round and top modules."""
     lines = [
-        f"{results['rounds']} rounds of {results['seconds']} s per case at concurrency "
-        f"{CONCURRENCY}, py-spy at {results['rate']} Hz (`--gil`); {results['date']}, "
-        f"{results['cpus']} CPUs. Share: our samples / all samples of the API-server "
-        "process, median of rounds (smallest–largest).",
+        f"{results['rounds']} rounds of {results['seconds']} s per case and target at "
+        f"concurrency {CONCURRENCY}, py-spy at {results['rate']} Hz (`--gil`); "
+        f"{results['date']}, {results['cpus']} CPUs. Share: our samples / all samples of "
+        "the API-server process, median of rounds (smallest–largest).",
         "",
-        "| case | requests/s | GIL samples per request | our share | ours/bare bound "
-        "| our largest modules (share of all samples, all rounds) |",
-        "|---|---|---|---|---|---|",
+        "| case | target | requests/s | GIL samples per request | our share "
+        "| ours/bare bound | our largest modules (share of all samples, all rounds) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for case, cell in results["cases"].items():
+    for key, cell in results["cells"].items():
+        case, target = key.split("@")
         rounds = cell["rounds"]
         shares = [r["ours"] / r["samples"] for r in rounds]
         share = statistics.median(shares)
@@ -115,7 +137,7 @@ def report(results: dict[str, Any]) -> str:
             for name, count in sorted(cell["modules"].items(), key=lambda kv: -kv[1])[:5]
         )
         lines.append(
-            f"| {case} | {rate:.1f} | {per_request:.2f} | {100 * share:.1f} % "
+            f"| {case} | {target} | {rate:.1f} | {per_request:.2f} | {100 * share:.1f} % "
             f"({100 * min(shares):.1f}–{100 * max(shares):.1f}) | {1 / (1 - share):.3f}× "
             f"| {modules} |"
         )
@@ -127,41 +149,44 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=40, help="sampling window per case")
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
+    parser.add_argument("--before", type=Path, help="another checkout, sampled in turn")
     parser.add_argument("--report", action="store_true", help="write the RESULTS.md block")
     parser.add_argument("--scratch", type=Path, default=REPO / "benchmarks" / "out" / "share")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through `finally`
-    port = free_port()
-    server = start("ours", ours_command(port), port, args.scratch)
-    cases: dict[str, Any] = {case: {"rounds": [], "modules": {}} for case in CASES}
+    servers = start_targets(args.before.resolve() if args.before else None, args.scratch)
+    cells: dict[str, Any] = {}
     try:
-        wait_ready([server])
-        process = api_server_process(server)
+        processes = {name: api_server_process(server) for name, server in servers.items()}
         for case in CASES:  # warm-up: compiled, cached and allocated before sampling
-            asyncio.run(load(server.base_url, bodies(case, -1)[:40], CONCURRENCY))
+            for server in servers.values():
+                asyncio.run(load(server.base_url, bodies(case, -1)[:40], CONCURRENCY))
         for round_number in range(args.rounds):
             for case in CASES:
                 ready = bodies(case, round_number)
-                found, sent = sample_window(
-                    server.base_url, process, ready, args.seconds, args.rate
-                )
-                cell = cases[case]
-                cell["rounds"].append(
-                    {"samples": found.samples, "ours": found.ours, "requests": sent,
-                     "owners": dict(found.by_owner)}
-                )  # fmt: skip
-                for module, count in found.ours_by_module.items():
-                    cell["modules"][module] = cell["modules"].get(module, 0) + count
+                order = list(servers.items())[:: -1 if round_number % 2 else 1]
+                for name, server in order:  # who goes first alternates by round
+                    found, sent = sample_window(
+                        server.base_url, processes[name], list(ready), args.seconds, args.rate
+                    )
+                    cell = cells.setdefault(f"{case}@{name}", {"rounds": [], "modules": {}})
+                    cell["rounds"].append(
+                        {"samples": found.samples, "ours": found.ours, "requests": sent,
+                         "owners": dict(found.by_owner)}
+                    )  # fmt: skip
+                    for module, count in found.ours_by_module.items():
+                        cell["modules"][module] = cell["modules"].get(module, 0) + count
             print(f"round {round_number + 1}/{args.rounds}", file=sys.stderr, flush=True)
     finally:
-        stop(server)
+        for server in servers.values():
+            stop(server)
     results = {
         "rounds": args.rounds,
         "seconds": args.seconds,
         "rate": args.rate,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": psutil.cpu_count(),
-        "cases": cases,
+        "cells": cells,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
