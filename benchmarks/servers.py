@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +93,17 @@ def ours_command(port: int) -> tuple[list[str], dict[str, str]]:
     return argv, {}
 
 
+def start_checkout(name: str, checkout: Path, log_dir: Path) -> Server:
+    """`qwenvl-serve serve` of another checkout (a git worktree), on a free port.
+
+    It runs from that checkout's directory with it first on the import path, so the
+    package it serves is that checkout's, not this one's.
+    """
+    port = free_port()
+    argv, env = ours_command(port)
+    return start(name, (argv, {**env, "PYTHONPATH": str(checkout)}), port, log_dir, cwd=checkout)
+
+
 def bare_command(
     port: int, overrides: Sequence[str] = (), drop: Collection[str] = ("--middleware",)
 ) -> tuple[list[str], dict[str, str]]:
@@ -144,6 +155,20 @@ def wait_ready(servers: Sequence[Server], timeout_s: float = STARTUP_TIMEOUT_S) 
                 if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
                     pending.remove(server)
         time.sleep(1)
+
+
+def start_all(starters: Mapping[str, Callable[[], Server]]) -> dict[str, Server]:
+    """Start every server and wait until all are healthy; if any fails, end them all."""
+    servers: dict[str, Server] = {}
+    try:
+        for name, starter in starters.items():
+            servers[name] = starter()
+        wait_ready(list(servers.values()))
+    except BaseException:
+        for server in servers.values():
+            stop(server)
+        raise
+    return servers
 
 
 def api_server_process(server: Server) -> psutil.Process:

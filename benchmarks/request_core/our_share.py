@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,9 @@ from benchmarks.servers import (
     REPO,
     Server,
     api_server_process,
-    free_port,
-    ours_command,
-    start,
+    start_all,
+    start_checkout,
     stop,
-    wait_ready,
 )
 from qwenvl_serve.bench.goals import replace_block
 
@@ -94,22 +93,11 @@ def sample_window(
 
 
 def start_targets(before: Path | None, log_dir: Path) -> dict[str, Server]:
-    """This checkout's server and, with ``before``, one of that checkout (run from its
-    own directory, so that ``python -m`` imports its package)."""
+    """This checkout's server and, with ``before``, one of that checkout."""
     checkouts = {"ours": REPO} | ({"before": before} if before is not None else {})
-    servers: dict[str, Server] = {}
-    try:
-        for name, checkout in checkouts.items():
-            port = free_port()
-            argv, env = ours_command(port)
-            env = {**env, "PYTHONPATH": str(checkout)}
-            servers[name] = start(name, (argv, env), port, log_dir, cwd=checkout)
-        wait_ready(list(servers.values()))
-    except BaseException:
-        for server in servers.values():
-            stop(server)
-        raise
-    return servers
+    return start_all(
+        {name: partial(start_checkout, name, path, log_dir) for name, path in checkouts.items()}
+    )
 
 
 def report(results: dict[str, Any]) -> str:

@@ -33,7 +33,9 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +50,9 @@ from benchmarks.servers import (
     free_port,
     ours_command,
     start,
+    start_all,
+    start_checkout,
     stop,
-    wait_ready,
 )
 from qwenvl_serve.bench.goals import replace_block
 from qwenvl_serve.sample_images import synthetic_jpeg
@@ -58,6 +61,7 @@ MODEL = "qwen3-vl-tiny"
 CASES = ("unique_image", "repeated_image", "text")
 CONCURRENCIES = (1, 8)
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
+Command = tuple[list[str], dict[str, str]]  # argv and environment of a server
 OUT = REPO / "benchmarks" / "results" / "server-cpu.json"
 
 
@@ -176,23 +180,21 @@ def case_bodies(
 
 
 def start_targets(before: Path | None, log_dir: Path) -> dict[str, Server]:
-    commands = {"bare": bare_command, "ours": ours_command}
-    servers: dict[str, Server] = {}
-    try:
-        for name, command_for in commands.items():
-            port = free_port()
-            servers[name] = start(name, command_for(port), port, log_dir)
-        if before is not None:
-            port = free_port()
-            argv, env = ours_command(port)
-            env = {**env, "PYTHONPATH": str(before)}
-            servers["before"] = start("before", (argv, env), port, log_dir, cwd=before)
-        wait_ready(list(servers.values()))
-    except BaseException:
-        for server in servers.values():
-            stop(server)
-        raise
-    return servers
+    """Bare vLLM, ours and, with ``before``, ours of that checkout."""
+
+    def on_free_port(
+        name: str, command_for: Callable[[int], tuple[list[str], dict[str, str]]]
+    ) -> Server:
+        port = free_port()
+        return start(name, command_for(port), port, log_dir)
+
+    starters: dict[str, Callable[[], Server]] = {
+        "bare": partial(on_free_port, "bare", bare_command),
+        "ours": partial(on_free_port, "ours", ours_command),
+    }
+    if before is not None:
+        starters["before"] = partial(start_checkout, "before", before, log_dir)
+    return start_all(starters)
 
 
 def ratio_text(values: list[float]) -> str:
