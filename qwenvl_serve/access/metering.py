@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from qwenvl_serve.access.notes import final_status, request_id_of
 from qwenvl_serve.access.usage_log import UsageLogWriter, usage_record
 from qwenvl_serve.core.responses import EngineEvent, ResponseWatch, engine_events
 from qwenvl_serve.core.view import InferenceRequest, inference_request
+from qwenvl_serve.json_encoders import COMPACT
 from qwenvl_serve.metrics import Children, ServeMetrics
 
 _SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
@@ -60,11 +60,11 @@ def without_usage(event: EngineEvent) -> bytes:
     document = event.document
     if not isinstance(document, dict) or "usage" not in document:
         return event.raw
-    member = b',"usage":' + json.dumps(document["usage"], separators=(",", ":")).encode()
+    member = b',"usage":' + COMPACT.encode(document["usage"]).encode()
     if event.raw.count(member) == 1:
         return event.raw.replace(member, b"")
     rest = {name: value for name, value in document.items() if name != "usage"}
-    return b"data: " + json.dumps(rest, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + COMPACT.encode(rest).encode() + b"\n\n"
 
 
 def as_client_asked(message: Message, final_usage: bool, chunk_usage: bool) -> Message:

@@ -12,7 +12,6 @@ whole document serialized.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from starlette.types import Scope
 
 from qwenvl_serve.core.cost import Cost, cost_of
 from qwenvl_serve.images.chat_request import MediaPart, media_parts
+from qwenvl_serve.json_encoders import COMPACT
 from qwenvl_serve.lazy import lazy
 from qwenvl_serve.routes import CHAT_COMPLETIONS_PATH, RouteMatch
 
@@ -100,8 +100,7 @@ class InferenceRequest:
 
 
 def _serialized(value: object) -> bytes:
-    # ASCII escapes: client text may hold a lone surrogate, which UTF-8 cannot encode.
-    return json.dumps(value, separators=(",", ":")).encode()
+    return COMPACT.encode(value).encode()
 
 
 def with_fields_appended(original: bytes, fields: dict[str, Any]) -> bytes:

@@ -9,7 +9,6 @@ into Google's format, JSON or streamed. Our own errors are already in Google's f
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.types import Message, Scope, Send
@@ -22,6 +21,7 @@ from qwenvl_serve.genai.paths import wants_sse
 from qwenvl_serve.genai.request import chat_request_from_google
 from qwenvl_serve.genai.response import error_from_openai, google_response
 from qwenvl_serve.genai.stream import StreamConverter
+from qwenvl_serve.json_encoders import UNESCAPED
 from qwenvl_serve.routes import RouteMatch
 
 _TOO_DEEP = "The request body is nested too deeply."
@@ -104,7 +104,7 @@ async def send_translated(
     if status != 200 or not isinstance(document, dict):
         await send_error(scope, _keeping(send, start, last), _BAD_INNER_ANSWER)
         return
-    encoded = json.dumps(google_response(document), ensure_ascii=False).encode()
+    encoded = UNESCAPED.encode(google_response(document)).encode()
     headers += [
         (b"content-type", b"application/json; charset=utf-8"),
         (b"content-length", str(len(encoded)).encode()),

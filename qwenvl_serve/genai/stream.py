@@ -10,7 +10,6 @@ reason in one event, as Google does, each text event is held back until the next
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from qwenvl_serve.genai.response import (
     response_identity,
     usage_metadata,
 )
+from qwenvl_serve.json_encoders import UNESCAPED
 
 _BROKEN_OFF = ApiError(500, "The model server ended the stream early.")
 _BAD_CHUNK = ApiError(500, "The model server sent an unreadable stream event.")
@@ -105,7 +105,7 @@ class EventFraming:
         """The bytes for ``events``."""
         out = []
         for event in events:
-            encoded = json.dumps(event, ensure_ascii=False).encode()
+            encoded = UNESCAPED.encode(event).encode()
             if self.sse:
                 out.append(b"data: " + encoded + b"\n\n")
             else:
