@@ -30,9 +30,11 @@ _DONE = b"[DONE]"
 _USAGE_KEY = b',"usage":'
 _USAGE_MEMBER = _USAGE_KEY + b"{"
 _NO_CHOICES = b'"choices":[]'
-# What may follow a chunk's usage object: string members without escapes (vLLM's final
-# usage chunk ends with its ``system_fingerprint``), then the chunk's closing brace.
-_AFTER_USAGE = re.compile(rb'(?:,"[A-Za-z_]+":"[^"\\]*")*}\n\n')
+# What may follow a chunk's usage object: vLLM's final usage chunk ends with its
+# ``system_fingerprint`` (a string json would read as written: no escapes, no control
+# characters), then the chunk's closing brace. Any other member after it (a second
+# ``usage`` or ``choices``, which json would keep) sends the chunk to the full parse.
+_AFTER_USAGE = re.compile(rb'(?:,"system_fingerprint":"[^"\\\x00-\x1f]*")?}\n\n')
 _DECODER = json.JSONDecoder()
 
 
@@ -116,9 +118,9 @@ class EngineEvent:
         shape (then the whole chunk is parsed).
 
         ``,"usage":{`` cannot occur inside a JSON string (its quotes would be escaped),
-        and only plain string members and the chunk's closing brace may follow the
-        usage object, so the member found is the top-level one, and the last of its
-        name (the one json keeps).
+        and only a plain ``system_fingerprint`` and the chunk's closing brace may
+        follow the usage object, so the member found is the top-level one, and the
+        last of its name (the one json keeps).
         """
         raw = self.raw
         start = raw.rfind(_USAGE_MEMBER) if self.streamed else -1

@@ -323,6 +323,7 @@ CHUNK_SHAPES = [
     {"id": "c", "choices": [], "usage": _usage(3), "system_fingerprint": "vllm-0.32-ab"},
     {"id": "c", "choices": [], "usage": _usage(3), "system_fingerprint": 'a"b\\'},
     {"id": "c", "choices": [], "usage": _usage(3), "a": "x", "b": "y"},
+    {"id": "c", "choices": [], "usage": _usage(3), "system_fingerprint": "a\tb"},
     {"id": "c", "choices": [], "usage": _usage(3), "system_fingerprint": None},
     {"id": "c", "choices": [], "usage": _usage(3), "n": 1},
     {"id": "c", "usage": _usage(3), "choices": []},  # usage not last
@@ -346,6 +347,25 @@ def test_a_chunk_s_usage_reads_the_same_cheaply_as_parsed(chunk, spaced) -> None
     cut = without_usage(event)
     rest = {name: value for name, value in parsed.items() if name != "usage"}
     assert json.loads(event_data(cut)) == rest
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b',"usage":"x"}',  # json keeps the last of duplicate keys
+        b',"choices":"x"}',
+        b',"system_fingerprint":"a\tb"}',  # a control character: json refuses the chunk
+    ],
+)
+def test_a_member_after_usage_that_json_would_read_otherwise_is_parsed(tail) -> None:
+    raw = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}'
+    raw += tail + b"\n\n"
+    event = EngineEvent(raw, event_data(raw), streamed=True)
+    parsed = EngineEvent(raw, event_data(raw), streamed=True).document
+    assert event.trailing_usage is None
+    assert event.usage == usage_in(parsed)
+    usage_only = event.usage is not None and isinstance(parsed, dict) and parsed["choices"] == []
+    assert event.is_usage_only == usage_only
 
 
 def test_vllm_s_final_usage_chunk_is_read_without_parsing_it() -> None:
