@@ -126,6 +126,14 @@ def metered(server: RunningServer, action: Callable[[], object]) -> dict[str, fl
     return costed(server, action)[1]
 
 
+def request_head(path: str, length: int) -> bytes:
+    """The head of a JSON POST to ``path`` as the admin, for clients on a raw socket."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 # --- clients that leave -------------------------------------------------------------------
 
 
@@ -154,13 +162,9 @@ def leave_before_answer(server: RunningServer, path: str, body: dict[str, Any]) 
     """
     before = totals(server)["engine_generation"]
     payload = json.dumps(body).encode()
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    ).encode()
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
-        connection.sendall(head + payload)
+        connection.sendall(request_head(path, len(payload)) + payload)
         while totals(server)["engine_generation"] == before:
             assert time.monotonic() < deadline, "the engine never started the request"
         answered, _, _ = select.select([connection], [], [], 0)
@@ -324,11 +328,7 @@ def test_requests_within_the_bounds_are_served(server: RunningServer):
 def trickle(server: RunningServer, body: bytes, chunk: int, gap_s: float) -> tuple[bytes, float]:
     """Send a request whose body comes ``chunk`` bytes every ``gap_s`` seconds; return
     the response's first bytes and when they came (after the first body byte)."""
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Authorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = request_head("/v1/chat/completions", len(body))
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
         connection.sendall(head)
         started = time.monotonic()
