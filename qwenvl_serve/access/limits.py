@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.access.config import AuthConfig, LimitsConfig
 from qwenvl_serve.access.cost_bounds import (
@@ -28,7 +28,7 @@ from qwenvl_serve.access.limiter import (
 from qwenvl_serve.access.notes import notes_for
 from qwenvl_serve.api_errors import ApiError, send_error
 from qwenvl_serve.core.cost import MAX_TOKENS, Cost
-from qwenvl_serve.core.responses import ResponseWatch
+from qwenvl_serve.core.responses import ResponseWatch, watched
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.metrics import ServeMetrics
 
@@ -135,15 +135,10 @@ class LimitsMiddleware:
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, ticket: Ticket, cost: Cost
     ) -> None:
-        watch = ResponseWatch(cost.sequences)
-
-        async def send_watched(message: Message) -> None:
-            watch.see(message)
-            await send(message)
-
+        watch, send = watched(scope, send)
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_watched)
+            await self.app(scope, receive, send)
         finally:
             self.metrics.in_flight.dec()
             used = used_tokens(ticket, watch, cost, self.hit_price_factor)

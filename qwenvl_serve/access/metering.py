@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwenvl_serve.access.config import MeteringConfig
 from qwenvl_serve.access.notes import final_status, request_id_of
 from qwenvl_serve.access.usage_log import UsageLogWriter, usage_record
-from qwenvl_serve.core.responses import EngineEvent, ResponseWatch, engine_events
+from qwenvl_serve.core.responses import EngineEvent, ResponseWatch, engine_events, watched
 from qwenvl_serve.core.view import InferenceRequest, inference_request
 from qwenvl_serve.json_encoders import COMPACT
 from qwenvl_serve.metrics import Children, ServeMetrics
@@ -73,19 +73,22 @@ def as_client_asked(message: Message, final_usage: bool, chunk_usage: bool) -> M
 
     The events stay attached unchanged, so outer layers still read all the usage.
     """
-    events = engine_events(message)
-    if not any(event.usage is not None for event in events):
-        return message
     parts = []
-    for event in events:
-        if event.usage is None or (chunk_usage and final_usage):
-            parts.append(event.raw)
-        elif event.is_usage_only:
-            if final_usage:
-                parts.append(event.raw)
-        else:
-            parts.append(event.raw if chunk_usage else without_usage(event))
-    return {**message, "body": b"".join(parts)}
+    changed = False
+    for event in engine_events(message):
+        part = _as_asked(event, final_usage, chunk_usage)
+        changed = changed or part is not event.raw
+        parts.append(part)
+    return {**message, "body": b"".join(parts)} if changed else message
+
+
+def _as_asked(event: EngineEvent, final_usage: bool, chunk_usage: bool) -> bytes:
+    """One event's bytes with only the usage the client asked for."""
+    if event.usage is None:
+        return event.raw
+    if event.is_usage_only:
+        return event.raw if final_usage else b""
+    return event.raw if chunk_usage else without_usage(event)
 
 
 class MeteringMiddleware:
@@ -130,11 +133,10 @@ class MeteringMiddleware:
         if cost.stream:
             options = with_usage_requested(request.document, per_chunk)
             request.override("stream_options", options)
-        watch = ResponseWatch(cost.sequences)
+        watch, send = watched(scope, send)
 
-        async def send_metered(message: Message) -> None:
-            watch.see(message)
-            if trim and message["type"] == "http.response.body":
+        async def send_as_asked(message: Message) -> None:
+            if message["type"] == "http.response.body":
                 message = as_client_asked(
                     message, cost.usage_requested, cost.continuous_usage_requested
                 )
@@ -142,7 +144,7 @@ class MeteringMiddleware:
 
         failed = True
         try:
-            await self.app(scope, receive, send_metered)
+            await self.app(scope, receive, send_as_asked if trim else send)
             failed = False
         finally:
             self._account(scope, request, watch, self.clock() - started, failed)

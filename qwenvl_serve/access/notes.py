@@ -3,8 +3,8 @@
 The outermost layer (observe) creates one :class:`RequestNotes` per request in
 ``scope["state"]``; inner layers fill it in (which key, which tokens, why refused), and
 observe reads it once the response is done to count and log the request. These are
-facts learned on the way in; what the response says (status, usage) each layer reads
-from the response messages it relays.
+facts learned on the way in; what the response says (status, usage) is read once for
+every layer, by the request's :func:`~qwenvl_serve.core.responses.watched` watch.
 """
 
 from __future__ import annotations

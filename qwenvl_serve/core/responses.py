@@ -4,8 +4,9 @@ The engine edge wraps vLLM's ``send`` with :func:`reading_engine_responses`. It 
 the start of every response that came from vLLM and attaches to each body message the
 :class:`EngineEvent` objects it completes (the whole JSON body at its end; each SSE
 event as it is complete). An event parses its JSON at most once, when first asked.
-Layers on the way out read these annotations instead of the bytes: metering, limits
-and the access log take usage from them, the generateContent translation its chunks.
+Layers on the way out read these annotations instead of the bytes: the generateContent
+translation takes its chunks from them, and one :class:`ResponseWatch` per request
+(:func:`watched`) the status and usage that metering, limits and the access log read.
 Our own error responses carry no annotation, so nothing mistakes them for vLLM's.
 """
 
@@ -16,16 +17,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.types import Message, Send
+from starlette.types import Message, Scope, Send
 
 from qwenvl_serve.core.cost import Cost
-from qwenvl_serve.core.sse import SseSplitter, event_data
+from qwenvl_serve.core.sse import SseSplitter, event_data, is_plain_data_event
+from qwenvl_serve.core.view import inference_request
 from qwenvl_serve.lazy import lazy
 
 # Keys our layers add to ASGI messages (servers ignore keys they do not know).
 FROM_ENGINE = "qwenvl_serve.from_engine"  # on http.response.start: vLLM answered
 ENGINE_EVENTS = "qwenvl_serve.engine_events"  # on http.response.body: list[EngineEvent]
 CACHE_OUTCOME = "qwenvl_serve.cache"  # on http.response.start: hit, miss or bypass
+_WATCH_ENTRY = "qwenvl_serve.response_watch"  # in scope["state"]: the request's watch
 _DONE = b"[DONE]"
 _USAGE_KEY = b',"usage":'
 _USAGE_MEMBER = _USAGE_KEY + b"{"
@@ -35,6 +38,14 @@ _NO_CHOICES = b'"choices":[]'
 # characters), then the chunk's closing brace. Any other member after it (a second
 # ``usage`` or ``choices``, which json would keep) sends the chunk to the full parse.
 _AFTER_USAGE = re.compile(rb'(?:,"system_fingerprint":"[^"\\\x00-\x1f]*")?}\n\n')
+# The usage vLLM puts on each chunk (``UsageInfo`` in its field order, unset fields
+# left out), read as json reads it: integers without leading zeros, of a length any
+# int() takes (a longer one goes to the json decoder).
+_INT = rb"(0|[1-9][0-9]{0,17})"
+_RUNNING_USAGE = re.compile(
+    rb'\{"prompt_tokens":' + _INT + rb',"total_tokens":(?:0|[1-9][0-9]{0,17})'
+    rb',"completion_tokens":' + _INT + rb"\}"
+)
 _DECODER = json.JSONDecoder()
 
 
@@ -105,13 +116,13 @@ class EngineEvent:
             return None
         trailing = self.trailing_usage
         if trailing is not None:
-            return _usage_of(trailing[2])
+            return trailing[2]
         return usage_in(self.document)
 
     @lazy
-    def trailing_usage(self) -> tuple[int, int, Any] | None:
+    def trailing_usage(self) -> tuple[int, int, Usage | None] | None:
         """Where a stream event's top-level ``usage`` member lies, read without parsing
-        the chunk: ``(start, stop, value)``, ``raw[start:stop]`` being the member with
+        the chunk: ``(start, stop, usage)``, ``raw[start:stop]`` being the member with
         its comma. vLLM writes each chunk as one ``data:`` line of compact JSON with
         ``usage`` last (on the final usage chunk, before ``system_fingerprint``), and
         with usage asked for on every chunk, every chunk has one. None for any other
@@ -124,17 +135,23 @@ class EngineEvent:
         """
         raw = self.raw
         start = raw.rfind(_USAGE_MEMBER) if self.streamed else -1
-        if start < 0:
+        if start < 0 or not raw.startswith(b"data: {"):
             return None
         value_at = start + len(_USAGE_KEY)
-        try:
-            value, length = _DECODER.raw_decode(raw[value_at:].decode("ascii"))
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        flat = _RUNNING_USAGE.match(raw, value_at)
+        if flat is not None:  # the running usage of every chunk: no dict is built
+            stop = flat.end()
+            usage: Usage | None = Usage(int(flat[1]), int(flat[2]))
+        else:
+            try:
+                value, length = _DECODER.raw_decode(raw[value_at:].decode("ascii"))
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                return None
+            stop = value_at + length
+            usage = _usage_of(value)
+        if not _AFTER_USAGE.fullmatch(raw, stop):
             return None
-        stop = value_at + length
-        if not _AFTER_USAGE.fullmatch(raw, stop) or not raw.startswith(b"data: {"):
-            return None
-        return start, stop, value
+        return start, stop, usage
 
     @lazy
     def is_usage_only(self) -> bool:
@@ -212,6 +229,8 @@ def reading_engine_responses(send: Send) -> Send:
 
 
 def _stream_message(splitter: SseSplitter, chunk: bytes, more: bool, message: Message) -> Message:
+    if not splitter.pending and is_plain_data_event(chunk):  # how vLLM sends every event
+        return {**message, ENGINE_EVENTS: [EngineEvent(chunk, chunk[6:-2], streamed=True)]}
     had_pending = bool(splitter.pending)
     raw_events = splitter.feed(chunk)
     if not more and splitter.pending:
@@ -223,7 +242,7 @@ def _stream_message(splitter: SseSplitter, chunk: bytes, more: bool, message: Me
 
 
 class ResponseWatch:
-    """What a layer learns from the response messages it relays: status and usage.
+    """What the response messages of one request say: status and usage.
 
     For usage it keeps the last ``usage`` of a JSON body or of a stream's usage-only
     chunk; for a stream that reports usage on every chunk, the last usage of each
@@ -250,18 +269,18 @@ class ResponseWatch:
             self.cache_outcome = message.get(CACHE_OUTCOME)
             return
         for event in engine_events(message):
-            if event.usage is not None:
-                self._see_usage(event, event.usage)
-            elif self.sequences > 1 and event.streamed:
-                self._see_choices(event.document)
+            usage = event.usage
+            if usage is None:
+                if self.sequences > 1 and event.streamed:
+                    self._see_choices(event.document)
+            elif not event.streamed:  # a JSON body: its usage is the request's
+                self.usage = usage
+            elif self.sequences == 1 and not event.is_usage_only:
+                self.choice_usage[0] = usage  # one sequence: its chunks need not be parsed
+            else:
+                self._see_stream_usage(event, usage)
 
-    def _see_usage(self, event: EngineEvent, usage: Usage) -> None:
-        if not event.streamed:  # a JSON body: its usage is the request's
-            self.usage = usage
-            return
-        if self.sequences == 1 and not event.is_usage_only:
-            self.choice_usage[0] = usage  # one sequence: its chunks need not be parsed
-            return
+    def _see_stream_usage(self, event: EngineEvent, usage: Usage) -> None:
         document = event.document
         choices = document.get("choices") if isinstance(document, dict) else None
         if not isinstance(choices, list) or not choices:
@@ -309,6 +328,31 @@ class ResponseWatch:
         if self.streamed and cost.n > 1:  # without per-chunk usage: the choices seen
             sequences = max(1, min(cost.n, len(self.started)))
         return Usage(self.usage.prompt_tokens * sequences, self.usage.completion_tokens)
+
+
+def watched(scope: Scope, send: Send) -> tuple[ResponseWatch, Send]:
+    """The request's one :class:`ResponseWatch`, and the ``send`` a layer relays through.
+
+    The first layer to ask (the outermost that reads the watch) creates it and gets a
+    ``send`` that shows it every message; a layer inside gets the same watch and its
+    own ``send`` back. A message a layer sends has passed the outer one by the time its
+    ``send`` returns, so once the layer's app has returned, the watch has seen the
+    whole response, and one reading serves every layer.
+    """
+    state = scope.setdefault("state", {})
+    watch = state.get(_WATCH_ENTRY)
+    if isinstance(watch, ResponseWatch):
+        return watch, send
+    watch = state[_WATCH_ENTRY] = ResponseWatch()
+
+    async def send_watched(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            request = inference_request(scope)  # attached by the intake by now
+            watch.sequences = 1 if request is None else request.cost.sequences
+        watch.see(message)
+        await send(message)
+
+    return watch, send_watched
 
 
 _OUTPUT_FIELDS = ("content", "reasoning_content", "reasoning", "tool_calls")

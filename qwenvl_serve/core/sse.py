@@ -46,9 +46,15 @@ def _one_plain_event(chunk: bytes) -> bool:
     return chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 and b"\r" not in chunk
 
 
+def is_plain_data_event(chunk: bytes) -> bool:
+    """``chunk`` is one whole event of one ``data: `` line, as vLLM writes every event:
+    its data is ``chunk[6:-2]``."""
+    return chunk.startswith(b"data: ") and _one_plain_event(chunk)
+
+
 def event_data(event: bytes) -> bytes:
     """The event's payload: its ``data:`` lines joined by newlines."""
-    if event.startswith(b"data: ") and _one_plain_event(event):
+    if is_plain_data_event(event):
         return event[6:-2]  # a single data line, as vLLM writes every event
     return b"\n".join(
         line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")

@@ -14,8 +14,9 @@ Where things go:
   the view (``override`` for a top-level field, ``mark_changed`` after changing the
   document inside) instead of the body. On the way out it
   reads vLLM's answers from the engine edge's annotations
-  (:mod:`qwenvl_serve.core.responses`), never by parsing bytes. Add it to
-  :data:`LAYER_ORDER` with the reason for its place.
+  (:mod:`qwenvl_serve.core.responses`), never by parsing bytes, and status and usage
+  from the request's one watch (:func:`~qwenvl_serve.core.responses.watched`). Add it
+  to :data:`LAYER_ORDER` with the reason for its place.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ LAYER_ORDER: tuple[tuple[str, str], ...] = (
     ("request id", "first, so every answer and log line, errors included, carries the id"),
     ("error boundary", "outside everything that can fail: an exception becomes a 500"),
     ("drain", "after a stop signal, refuses new requests before any work is done"),
-    ("observe", "counts and logs every request, refusals by the layers below included"),
+    (
+        "observe",
+        "counts and logs every request, refusals by the layers below included; "
+        "the outermost reader of the response watch, so it feeds the watch",
+    ),
     ("route allowlist", "404/405 from the route table before a key is even looked at"),
     ("playground", "static pages; public, so no key is needed"),
     ("auth", "names the caller's key before anything reads the body"),

@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qwenvl_serve.access.logs import access_line_writer, access_log_line
 from qwenvl_serve.access.notes import RequestNotes, final_status, notes_for, request_id_of
-from qwenvl_serve.core.responses import ResponseWatch, Usage
+from qwenvl_serve.core.responses import Usage, watched
 from qwenvl_serve.core.view import inference_request
 from qwenvl_serve.metrics import Children, ServeMetrics
 from qwenvl_serve.routes import route_of
@@ -47,18 +47,10 @@ class ObserveMiddleware:
             return
         started = self.clock()
         notes = notes_for(scope)
-        watch = ResponseWatch()
-
-        async def send_observed(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                request = inference_request(scope)  # attached by the intake by now
-                watch.sequences = 1 if request is None else request.cost.sequences
-            watch.see(message)
-            await send(message)
-
+        watch, send = watched(scope, send)
         failed = True
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive, send)
             failed = False
         finally:
             status = final_status(watch.status, failed)

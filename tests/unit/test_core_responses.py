@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 import pytest
+from starlette.types import Message
 
 from qwenvl_serve.access.metering import as_client_asked, without_usage
 from qwenvl_serve.core.cost import Cost
@@ -16,6 +17,7 @@ from qwenvl_serve.core.responses import (
     engine_events,
     reading_engine_responses,
     usage_in,
+    watched,
 )
 from qwenvl_serve.core.sse import SseSplitter, event_data
 
@@ -332,6 +334,12 @@ CHUNK_SHAPES = [
     {"id": "c", "choices": [{"index": 0}], "usage": _usage(1) | {"extra": {"a": [1]}}},
     {"id": "c", "choices": [{"index": 0}], "usage": None},
     {"id": "c", "choices": [{"index": 0}], "usage": _usage(1), "é": "x"},
+    # vLLM's running usage in its field order, with numbers its cheap reading leaves
+    # to the json decoder: huge, negative, fractional; and zero, which it reads itself.
+    vllm_chunk(0, "a", 10**30),
+    {"id": "c", "choices": [], "usage": {**_usage(1), "prompt_tokens": -1}},
+    {"id": "c", "choices": [], "usage": {**_usage(1), "completion_tokens": 1.5}},
+    vllm_chunk(0, "", 0),
 ]
 
 
@@ -402,3 +410,34 @@ def test_a_vllm_chunk_s_usage_is_read_without_parsing_the_chunk() -> None:
 )
 def test_the_splitter_cuts_events_however_a_chunk_holds_them(chunk, events) -> None:
     assert SseSplitter().feed(chunk) == events
+
+
+def test_a_leading_zero_json_refuses_is_not_read_as_usage() -> None:
+    raw = b'data: {"choices":[],"usage":{"prompt_tokens":014,"total_tokens":1,'
+    raw += b'"completion_tokens":1}}\n\n'
+    event = EngineEvent(raw, event_data(raw), streamed=True)
+    assert event.document is None  # json refuses the chunk ...
+    assert event.usage is None  # ... and so does the cheap reading
+
+
+@pytest.mark.anyio
+async def test_every_layer_of_a_request_shares_one_watch() -> None:
+    sent: list[Message] = []
+
+    async def client(message: Message) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {"type": "http"}
+    watch, outer_send = watched(scope, client)
+    inner_watch, inner_send = watched(scope, outer_send)
+    assert inner_watch is watch
+    assert inner_send is outer_send
+    events = [EngineEvent(raw, event_data(raw), streamed=True) for raw in [sse(USAGE_CHUNK)]]
+    await inner_send({**SSE_START, FROM_ENGINE: True})
+    await inner_send({"type": "http.response.body", "body": b"", ENGINE_EVENTS: events})
+    assert watch.status == 200
+    assert watch.from_engine
+    assert watch.usage == Usage(12, 3)
+    assert len(sent) == 2
+    other_watch, _ = watched({"type": "http"}, client)
+    assert other_watch is not watch  # one per request
