@@ -20,6 +20,7 @@ from qwenvl_serve.core.responses import (
     ENGINE_EVENTS,
     FROM_ENGINE,
     EngineEvent,
+    EngineStart,
     engine_events,
     is_event_stream,
 )
@@ -124,7 +125,7 @@ async def replay(entry: Entry, send: Send, age: float) -> None:
     if not entry.streamed:
         headers.append((b"content-length", b"%d" % entry.size))
     start = {"type": "http.response.start", "status": 200, "headers": headers}
-    await send({**start, FROM_ENGINE: True, CACHE_OUTCOME: HIT})
+    await send({**start, FROM_ENGINE: EngineStart(200, entry.streamed), CACHE_OUTCOME: HIT})
     if not entry.streamed:
         event = EngineEvent.answered(entry.chunks[0], entry.usage)
         await send({"type": "http.response.body", "body": event.raw, ENGINE_EVENTS: [event]})

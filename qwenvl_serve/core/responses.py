@@ -25,7 +25,7 @@ from qwenvl_serve.core.view import inference_request
 from qwenvl_serve.lazy import lazy
 
 # Keys our layers add to ASGI messages (servers ignore keys they do not know).
-FROM_ENGINE = "qwenvl_serve.from_engine"  # on http.response.start: vLLM answered
+FROM_ENGINE = "qwenvl_serve.from_engine"  # on http.response.start: an EngineStart
 ENGINE_EVENTS = "qwenvl_serve.engine_events"  # on http.response.body: list[EngineEvent]
 CACHE_OUTCOME = "qwenvl_serve.cache"  # on http.response.start: hit, miss or bypass
 _WATCH_ENTRY = "qwenvl_serve.response_watch"  # in scope["state"]: the request's watch
@@ -34,13 +34,13 @@ _USAGE_KEY = b',"usage":'
 _USAGE_MEMBER = _USAGE_KEY + b"{"
 _NO_CHOICES = b'"choices":[]'
 # What may follow a chunk's usage object: vLLM's final usage chunk ends with its
-# ``system_fingerprint`` (a string json would read as written: no escapes, no control
-# characters), then the chunk's closing brace. Any other member after it (a second
+# ``system_fingerprint`` (a string json would read as written: ASCII, no escapes, no
+# control characters), then the chunk's closing brace. Any other member after it (a second
 # ``usage`` or ``choices``, which json would keep) sends the chunk to the full parse.
-_AFTER_USAGE = re.compile(rb'(?:,"system_fingerprint":"[^"\\\x00-\x1f]*")?}\n\n')
+_AFTER_USAGE = re.compile(rb'(?:,"system_fingerprint":"[^"\\\x00-\x1f\x80-\xff]*")?}\n\n')
 # The usage vLLM puts on each chunk (``UsageInfo`` in its field order, unset fields
-# left out), read as json reads it: integers without leading zeros, of a length any
-# int() takes (a longer one goes to the json decoder).
+# left out), read as json reads it: integers without leading zeros; one of more than
+# 18 digits, which no count reaches, goes to the json decoder.
 _INT = rb"(0|[1-9][0-9]{0,17})"
 _RUNNING_USAGE = re.compile(
     rb'\{"prompt_tokens":' + _INT + rb',"total_tokens":(?:0|[1-9][0-9]{0,17})'
@@ -76,6 +76,19 @@ def _usage_of(usage: object) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+@dataclass(frozen=True)
+class EngineStart:
+    """vLLM answered: what its response start said, as the engine edge passed it on.
+
+    It rides on the start message under :data:`FROM_ENGINE`, and a translation of the
+    answer keeps it there, so readers outside the translation (the response watch)
+    still know vLLM's status and framing when the client gets another.
+    """
+
+    status: int
+    streamed: bool  # an SSE stream of events
 
 
 class EngineEvent:
@@ -208,7 +221,7 @@ def reading_engine_responses(send: Send) -> Send:
         kind = message["type"]
         if kind == "http.response.start":
             splitter = SseSplitter() if is_event_stream(message) else None
-            await send({**message, FROM_ENGINE: True})
+            await send({**message, FROM_ENGINE: EngineStart(message["status"], bool(splitter))})
             return
         if kind != "http.response.body":
             await send(message)
@@ -257,15 +270,18 @@ class ResponseWatch:
         self.usage: Usage | None = None  # the request's total, as vLLM reports it
         self.choice_usage: dict[int, Usage] = {}  # a stream's running usage per choice
         self.started: set[int] = set()  # choices seen producing output
-        self.from_engine = False
+        self.engine: EngineStart | None = None  # what vLLM's start said, if it answered
         self.cache_outcome: str | None = None  # set when the result cache is on
 
     def see(self, message: Message) -> None:
         """Read one outgoing message."""
         if message["type"] == "http.response.start":
+            engine = message.get(FROM_ENGINE)
+            self.engine = engine if isinstance(engine, EngineStart) else None
             self.status = message["status"]
-            self.streamed = is_event_stream(message)
-            self.from_engine = bool(message.get(FROM_ENGINE))
+            # vLLM's framing, not the client's: a Google JSON-array stream is SSE inside
+            streamed = self.engine.streamed if self.engine is not None else None
+            self.streamed = is_event_stream(message) if streamed is None else streamed
             self.cache_outcome = message.get(CACHE_OUTCOME)
             return
         for event in engine_events(message):
@@ -304,9 +320,17 @@ class ResponseWatch:
         return self.cache_outcome == "hit"
 
     @property
+    def from_engine(self) -> bool:
+        """vLLM answered (or the result cache, for it)."""
+        return self.engine is not None
+
+    @property
     def succeeded(self) -> bool:
-        """The response is a success (vLLM may still have ended it early)."""
-        return self.status is not None and self.status < 400
+        """vLLM's answer (ours, when vLLM did not answer) is a success; vLLM may still
+        have ended it early. vLLM's status counts even where the client got another:
+        what it computed was computed."""
+        status = self.status if self.engine is None else self.engine.status
+        return status is not None and status < 400
 
     def engine_usage(self, cost: Cost) -> Usage | None:
         """The tokens vLLM's engine processed for this request, as its counters count:
@@ -335,9 +359,11 @@ def watched(scope: Scope, send: Send) -> tuple[ResponseWatch, Send]:
 
     The first layer to ask (the outermost that reads the watch) creates it and gets a
     ``send`` that shows it every message; a layer inside gets the same watch and its
-    own ``send`` back. A message a layer sends has passed the outer one by the time its
-    ``send`` returns, so once the layer's app has returned, the watch has seen the
-    whole response, and one reading serves every layer.
+    own ``send`` back. Once a layer's app has returned, what it sent has reached the
+    watch (or been held back by a translation in between: then the client never got
+    it either), so one reading serves every layer. A translation may change status
+    and framing, never vLLM's annotations, so what vLLM said is read from those
+    (:class:`EngineStart`, :class:`EngineEvent`).
     """
     state = scope.setdefault("state", {})
     watch = state.get(_WATCH_ENTRY)

@@ -42,14 +42,17 @@ class SseSplitter:
 
 
 def _one_plain_event(chunk: bytes) -> bool:
-    """``chunk`` is one event ending in a blank line, with no other line break in it."""
+    """``chunk`` is one event ending in a blank line, with no other blank line in it."""
     return chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 and b"\r" not in chunk
 
 
 def is_plain_data_event(chunk: bytes) -> bool:
     """``chunk`` is one whole event of one ``data: `` line, as vLLM writes every event:
     its data is ``chunk[6:-2]``."""
-    return chunk.startswith(b"data: ") and _one_plain_event(chunk)
+    one_line = chunk.find(b"\n") == len(chunk) - 2
+    return (
+        one_line and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and b"\r" not in chunk
+    )
 
 
 def event_data(event: bytes) -> bytes:

@@ -891,3 +891,70 @@ async def test_a_response_over_8_mib_is_metered_like_any_other():
     # Each of the 8 sequences prefilled the prompt, as vLLM's counter counts it.
     assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 8 * 1200
     assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 2409
+
+
+async def two_candidates_one_started(scope: Scope, receive: Receive, send: Send) -> None:
+    """vLLM's stream for n=2 without usage on each chunk: only candidate 0 produced a
+    token before the request ended (the other ends aborted, never started)."""
+    await whole_body(receive)
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": "A"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+        {"choices": [{"index": 1, "delta": {}, "finish_reason": "abort"}]},
+        {"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 1}},
+    ]
+    for chunk in chunks:
+        data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("query", ["?alt=sse", ""])
+async def test_a_google_stream_counts_the_prompt_of_each_candidate_that_started(query):
+    # With a reasoning parser, usage is not asked on every chunk: the candidates that
+    # started are read from the chunks, whichever framing the client asked for (its
+    # JSON array is still vLLM's SSE stream inside).
+    registry = CollectorRegistry()
+    config = make_config(engine={"reasoning_parser": "qwen3"})
+    app = QwenVLServeMiddleware(two_candidates_one_started, config=config, registry=registry)
+    body = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"candidateCount": 2}}
+    path = f"/v1beta/models/{MODEL}:streamGenerateContent{query}"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post(path, json=body, headers=bearer(BETA))
+    assert response.status_code == 200
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="prompt") == 100
+    assert sample(registry, "qwenvl_tokens_total", key="beta", type="completion") == 1
+
+
+async def unreadable_answer(scope: Scope, receive: Receive, send: Send) -> None:
+    """vLLM answers 200 with a body that is not a completion."""
+    await whole_body(receive)
+    await json_response(send, 200, ["not", "a", "completion"])
+
+
+@pytest.mark.anyio
+async def test_an_answer_vllm_computed_costs_its_key_even_when_the_client_gets_an_error():
+    registry = CollectorRegistry()
+    # A request reserves about 2,100 tokens (its output tokens and a token per body
+    # byte): one fits in the minute's budget, two do not.
+    config = make_config(auth={"keys": [{"name": "alpha", "key": ALPHA, "tpm": 3000}]})
+    app = QwenVLServeMiddleware(unreadable_answer, config=config, registry=registry)
+    body = {
+        "contents": [{"parts": [{"text": "hi"}]}],
+        "generationConfig": {"maxOutputTokens": 2000},
+    }
+    path = f"/v1beta/models/{MODEL}:generateContent"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        first = await client.post(path, json=body, headers=bearer(ALPHA))
+        second = await client.post(path, json=body, headers=bearer(ALPHA))
+    assert first.status_code == 500  # Google-style: vLLM's answer could not be read
+    assert first.json()["error"]["status"] == "INTERNAL"
+    # vLLM answered 200, so what it computed costs the key: its usage unreadable, the
+    # worst case it reserved, as for any success of vLLM's; not nothing.
+    assert second.status_code == 429
+    assert second.json()["error"]["status"] == "RESOURCE_EXHAUSTED"

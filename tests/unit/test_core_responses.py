@@ -12,6 +12,7 @@ from qwenvl_serve.core.responses import (
     ENGINE_EVENTS,
     FROM_ENGINE,
     EngineEvent,
+    EngineStart,
     ResponseWatch,
     Usage,
     engine_events,
@@ -111,7 +112,7 @@ def body(chunk: bytes, more: bool = True):
 async def test_stream_events_are_attached_and_the_bytes_pass_unchanged():
     stream = [sse(CONTENT), sse(CONTENT) + sse(USAGE_CHUNK), DONE]
     sent = await relay([SSE_START, *(body(c) for c in stream), body(b"", more=False)])
-    assert sent[0][FROM_ENGINE] is True
+    assert sent[0][FROM_ENGINE] == EngineStart(200, streamed=True)
     assert [m["body"] for m in sent[1:]] == [*stream, b""]
     assert [len(engine_events(m)) for m in sent[1:]] == [1, 2, 1, 0]
     watch = ResponseWatch()
@@ -433,7 +434,7 @@ async def test_every_layer_of_a_request_shares_one_watch() -> None:
     assert inner_watch is watch
     assert inner_send is outer_send
     events = [EngineEvent(raw, event_data(raw), streamed=True) for raw in [sse(USAGE_CHUNK)]]
-    await inner_send({**SSE_START, FROM_ENGINE: True})
+    await inner_send({**SSE_START, FROM_ENGINE: EngineStart(200, streamed=True)})
     await inner_send({"type": "http.response.body", "body": b"", ENGINE_EVENTS: events})
     assert watch.status == 200
     assert watch.from_engine
@@ -441,3 +442,50 @@ async def test_every_layer_of_a_request_shares_one_watch() -> None:
     assert len(sent) == 2
     other_watch, _ = watched({"type": "http"}, client)
     assert other_watch is not watch  # one per request
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "read"),
+    [(b"fp", True), ("é".encode(), False), (b"\xff", False)],
+)
+def test_only_an_ascii_fingerprint_after_usage_is_read_cheaply(fingerprint, read) -> None:
+    raw = b'data: {"choices":[],"usage":{"prompt_tokens":5,"total_tokens":7,'
+    raw += b'"completion_tokens":2},"system_fingerprint":"' + fingerprint + b'"}\n\n'
+    event = EngineEvent(raw, event_data(raw), streamed=True)
+    parsed = EngineEvent(raw, event_data(raw), streamed=True).document
+    assert (event.trailing_usage is not None) == read
+    assert event.usage == usage_in(parsed)  # json's reading: b"\xff" is no UTF-8
+
+
+@pytest.mark.anyio
+async def test_an_event_of_several_lines_is_read_as_sse_reads_it() -> None:
+    seen: list[Message] = []
+
+    async def client(message: Message) -> None:
+        seen.append(message)
+
+    send = reading_engine_responses(client)
+    await send(SSE_START)
+    await send({"type": "http.response.body", "body": b"data: a\ndata: b\n\n", "more_body": True})
+    (event,) = engine_events(seen[-1])
+    assert event.payload == b"a\nb"
+    assert event_data(b'data: {"a":1}\nevent: x\n\n') == b'{"a":1}'
+
+
+def test_the_watch_reads_vllm_s_framing_and_status_under_a_translation() -> None:
+    # A Google JSON-array stream: the client gets JSON, vLLM sent SSE; and a 500 the
+    # translation sent for an answer vLLM gave with 200.
+    watch = ResponseWatch(sequences=2)
+    start = {**JSON_START, "status": 500, FROM_ENGINE: EngineStart(200, streamed=True)}
+    watch.see(start)
+    raws = [
+        sse({"choices": [{"index": 0, "delta": {"content": "A"}}]}),
+        sse({"choices": [{"index": 1, "delta": {}, "finish_reason": "abort"}]}),
+        sse({"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 1}}),
+    ]
+    events = [EngineEvent(raw, event_data(raw), streamed=True) for raw in raws]
+    watch.see({"type": "http.response.body", "body": b"", ENGINE_EVENTS: events})
+    assert watch.status == 500
+    assert watch.streamed
+    assert watch.succeeded
+    assert watch.engine_usage(Cost(n=2)) == Usage(100, 1)  # one candidate started
