@@ -1,12 +1,13 @@
 """Token metering: usage from vLLM's answers, to metrics and the usage log.
 
-Usage is read from the engine's response events (see :mod:`qwenvl_serve.core.responses`):
-this layer sits inside the API-family translation, so it only ever sees OpenAI answers.
-Every stream asks vLLM for its usage at the end (``stream_options.include_usage``) and
-on every chunk (``continuous_usage_stats``; on chat not when a reasoning parser runs,
-which would make that cost quadratic), so a stream that ends early is metered from
-what vLLM last reported; the usage the client did not ask for is cut from the bytes it
-gets, while the events keep it for the outer layers.
+Usage is read from the engine's response events, by the request's one response watch
+(see :mod:`qwenvl_serve.core.responses`). This layer sits inside the API-family
+translation, so the messages it changes are always OpenAI answers. Every stream asks
+vLLM for its usage at the end (``stream_options.include_usage``) and on every chunk
+(``continuous_usage_stats``; on chat not when a reasoning parser runs, which would make
+that cost quadratic), so a stream that ends early is metered from what vLLM last
+reported; the usage the client did not ask for is cut from the bytes it gets, while
+the events keep it for the outer layers.
 
 What is metered is what vLLM's engine processed, as its own counters
 (``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``) count it: the prompt

@@ -69,7 +69,11 @@ LAYER_ORDER: tuple[tuple[str, str], ...] = (
     ("auth", "names the caller's key before anything reads the body"),
     ("intake", "reads and parses the body once; translates API families to one view"),
     ("limits", "bounds cost, admits by key and instance from the view; body arrived"),
-    ("metering", "inside the translation: sees OpenAI answers only; asks for stream usage"),
+    (
+        "metering",
+        "inside the translation: asks for stream usage and cuts what the client did "
+        "not ask for from OpenAI answers",
+    ),
     (
         "cache",
         "before the media layers: a request with inline media is keyed on its bytes, "
