@@ -489,3 +489,23 @@ def test_the_watch_reads_vllm_s_framing_and_status_under_a_translation() -> None
     assert watch.streamed
     assert watch.succeeded
     assert watch.engine_usage(Cost(n=2)) == Usage(100, 1)  # one candidate started
+
+
+@pytest.mark.anyio
+async def test_a_whole_event_after_a_cut_one_completes_it_rather_than_standing_alone():
+    # The chunk that ends a cut event looks like one whole event by itself; it is not.
+    first, second = b'data: {"x":"', b'data: y"}\n\n'
+    sent = await relay([SSE_START, body(first), body(second), body(b"", more=False)])
+    events = [event for message in sent[1:] for event in engine_events(message)]
+    assert [event.raw for event in events] == [first + second]
+    assert [event.document for event in events] == [{"x": "data: y"}]
+    assert [m["body"] for m in sent[1:]] == [b"", first + second, b""]
+
+
+@pytest.mark.parametrize("digits", [18, 19])
+def test_a_count_of_any_length_reads_as_json_reads_it(digits) -> None:
+    count = int("9" * digits)
+    raw = vllm_sse(vllm_chunk(0, "a", count))
+    event = EngineEvent(raw, event_data(raw), streamed=True)
+    assert event.usage == Usage(9, count)
+    assert event.usage == usage_in(json.loads(event_data(raw)))
