@@ -41,10 +41,9 @@ _AFTER_USAGE = re.compile(rb'(?:,"system_fingerprint":"[^"\\\x00-\x1f\x80-\xff]*
 # The usage vLLM puts on each chunk (``UsageInfo`` in its field order, unset fields
 # left out), read as json reads it: integers without leading zeros; one of more than
 # 18 digits, which no count reaches, goes to the json decoder.
-_INT = rb"(0|[1-9][0-9]{0,17})"
+_COUNT = rb"(?:0|[1-9][0-9]{0,17})"
 _RUNNING_USAGE = re.compile(
-    rb'\{"prompt_tokens":' + _INT + rb',"total_tokens":(?:0|[1-9][0-9]{0,17})'
-    rb',"completion_tokens":' + _INT + rb"\}"
+    rb'\{"prompt_tokens":(%s),"total_tokens":%s,"completion_tokens":(%s)\}' % ((_COUNT,) * 3)
 )
 _DECODER = json.JSONDecoder()
 
@@ -280,8 +279,9 @@ class ResponseWatch:
             self.engine = engine if isinstance(engine, EngineStart) else None
             self.status = message["status"]
             # vLLM's framing, not the client's: a Google JSON-array stream is SSE inside
-            streamed = self.engine.streamed if self.engine is not None else None
-            self.streamed = is_event_stream(message) if streamed is None else streamed
+            self.streamed = (
+                self.engine.streamed if self.engine is not None else is_event_stream(message)
+            )
             self.cache_outcome = message.get(CACHE_OUTCOME)
             return
         for event in engine_events(message):

@@ -50,9 +50,7 @@ def is_plain_data_event(chunk: bytes) -> bool:
     """``chunk`` is one whole event of one ``data: `` line, as vLLM writes every event:
     its data is ``chunk[6:-2]``."""
     one_line = chunk.find(b"\n") == len(chunk) - 2
-    return (
-        one_line and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and b"\r" not in chunk
-    )
+    return one_line and chunk.startswith(b"data: ") and _one_plain_event(chunk)
 
 
 def event_data(event: bytes) -> bytes:
